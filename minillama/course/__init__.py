@@ -1,0 +1,1 @@
+"""The course machinery: building lessons from solutions, running notebooks, grading."""
