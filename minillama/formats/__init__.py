@@ -1,0 +1,1 @@
+"""Readers and writers for the file formats of other tools (SentencePiece, checkpoints)."""
