@@ -59,6 +59,33 @@ def _bench(args: argparse.Namespace) -> int:
     return module.main(args.rest)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from minillama.recipe import main as train_main
+
+    return train_main(args.rest)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from minillama.generate import generate
+    from minillama.pretrained import load_model
+
+    try:
+        model, tok = load_model(args.model)
+        kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, truncate=args.truncate)
+        print(args.prompt, end="", flush=True)
+        out = generate(model, tok, args.prompt, stream=lambda s: print(s, end="", flush=True),
+                       **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    print()
+    if out.stop_reason == "context":
+        print(f"[stopped: the model's context of {model.args.max_seq_len} tokens is full]",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillama", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--solutions", help="folder of solution notebooks (default: the repo's)")
     g.set_defaults(func=_grade)
 
+    t = sub.add_parser("train", help="train a model on the story corpus (see `minillama train -h`)",
+                       add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER, help="options for training")
+    t.set_defaults(func=_train)
+
+    gen = sub.add_parser("generate", help="continue a prompt with a model, streaming the text")
+    gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: none, BOS)")
+    gen.add_argument("--model", help="a model directory (default: the shipped course model)")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1 = off)")
+    gen.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    gen.add_argument("--truncate", action="store_true",
+                     help="keep the end of a prompt longer than the context instead of failing")
+    gen.set_defaults(func=_generate)
+
     b = sub.add_parser("bench", help="benchmarks that print tables (tokenizer, ...)")
     b.add_argument("what", choices=["tokenizer"], help="which benchmark")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark")
@@ -88,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # train and bench own their options: hand everything after the subcommand to them
+    if argv[:1] == ["train"]:
+        return _train(argparse.Namespace(rest=argv[1:]))
+    if argv[:1] == ["bench"] and len(argv) > 1 and not argv[1].startswith("-"):
+        return _bench(argparse.Namespace(what=argv[1], rest=argv[2:]))
     args = build_parser().parse_args(argv)
     if args.command == "course" and args.action == "run" and not args.notebooks:
         print("error: `minillama course run` needs at least one notebook", file=sys.stderr)

@@ -1,0 +1,41 @@
+"""The course's shipped model, and loading any model directory with its tokenizer.
+
+A model directory is a transformers Llama directory (config.json + safetensors) with the
+SentencePiece `tokenizer.model` beside it, as Llama 2's Hugging Face repos have.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+COURSE_MODEL = Path(__file__).with_name("assets") / "course"
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model directory (tokenizer.model), or of a .model / .json file."""
+    from minillama.tokenizer import Tokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer at {path}: expected a SentencePiece "
+                                f"{TOKENIZER_FILE} or a minillama tokenizer .json")
+    return Tokenizer.load(path) if path.suffix == ".json" else Tokenizer.from_sentencepiece(path)
+
+
+def load_model(path: str | Path | None = None):
+    """(Llama in eval mode, Tokenizer) from a model directory; default: the shipped model."""
+    from minillama.model import Llama
+
+    path = COURSE_MODEL if path is None else Path(path)
+    if not path.is_dir():
+        hint = " (the shipped model is missing: reinstall minillama)" if path == COURSE_MODEL else ""
+        raise FileNotFoundError(f"model directory {path} does not exist{hint}")
+    model = Llama.from_pretrained(path).eval()
+    tokenizer = load_tokenizer(path)
+    if tokenizer.vocab_size != model.args.vocab_size:
+        raise ValueError(f"{path}: {TOKENIZER_FILE} has {tokenizer.vocab_size} pieces but "
+                         f"config.json says vocab_size {model.args.vocab_size}")
+    return model, tokenizer
