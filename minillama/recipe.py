@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--out", default="runs/course", help="output folder (default runs/course)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--stop-after", type=int,
+                   help="end this session at this step (checkpointed); --resume continues it")
 
 
 def _stories(args: argparse.Namespace):
@@ -77,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     from minillama.train import (
         TrainConfig,
         bf16_is_fast,
+        check_config,
+        check_data,
         check_output_dir,
-        check_run,
         default_threads,
         evaluate,
         tokenize_stories,
@@ -88,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output_dir(out)
+    overrides = {k: v for k, v in (("dim", args.dim), ("n_layers", args.n_layers)) if v}
+    margs = dataclasses.replace(get_preset(args.preset), vocab_size=args.vocab_size, **overrides)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                      grad_accum=args.grad_accum, lr=args.lr, min_lr=args.lr / 10,
+                      warmup=args.warmup, eval_every=args.eval_every, seed=args.seed,
+                      bf16=args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast()),
+                      extra={"command": " ".join(["minillama train", *args.argv])})
+    check_config(margs, cfg)
     torch.set_num_threads(args.threads or default_threads())
     t_start = time.perf_counter()
     splits = split_stories(_stories(args))
@@ -97,14 +108,7 @@ def run(args: argparse.Namespace) -> int:
     tok = _tokenizer(args, texts, out)
     train_ids, val_ids, test_ids = (tokenize_stories(tok, s)
                                     for s in (splits.train, splits.val, splits.test))
-    overrides = {k: v for k, v in (("dim", args.dim), ("n_layers", args.n_layers)) if v}
-    margs = dataclasses.replace(get_preset(args.preset), vocab_size=args.vocab_size, **overrides)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                      grad_accum=args.grad_accum, lr=args.lr, min_lr=args.lr / 10,
-                      warmup=args.warmup, eval_every=args.eval_every, seed=args.seed,
-                      bf16=args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast()),
-                      extra={"command": " ".join(sys.argv)})
-    check_run(margs, cfg, tok, train_ids, val_ids)
+    check_data(margs, cfg, tok, train_ids, val_ids)
     print(f"corpus: {len(splits.train)} / {len(splits.val)} / {len(splits.test)} stories "
           f"(train/val/test), {len(train_ids):,} training tokens; threads: {torch.get_num_threads()}")
     torch.manual_seed(args.seed)
@@ -113,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {args.preset} {n_params:,} parameters; {cfg.steps} steps of "
           f"{cfg.batch_size}x{cfg.seq_len} tokens; bf16 autocast {'on' if cfg.bf16 else 'off'}")
     t_train = time.perf_counter()
-    history = train(model, train_ids, val_ids, cfg, out=out, resume=args.resume)
+    history = train(model, train_ids, val_ids, cfg, out=out, resume=args.resume,
+                    stop_after=args.stop_after)
+    if history[-1]["step"] < cfg.steps:
+        print(f"stopped after step {history[-1]['step']} of {cfg.steps}; continue with --resume")
+        return 0
     train_s = time.perf_counter() - t_train
     # the test split is scored in float32, as the model is used for inference
     test_loss = evaluate(model.eval(), test_ids, dataclasses.replace(cfg, eval_batches=16, bf16=False))
@@ -124,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     val = [h["val_loss"] for h in history if "val_loss" in h]
     summary = {
         "preset": args.preset, "parameters": n_params, "steps": cfg.steps,
+        "corpus_mb": args.corpus_mb if not args.data else None,
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
         "train_seconds_this_session": round(train_s), "total_seconds": round(time.perf_counter() - t_start),
         "final_val_loss": val[-1] if val else None, "test_loss": test_loss,
@@ -142,10 +151,87 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="minillama train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
+    argv = sys.argv[2:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv  # recorded in the run's summary: the command that made it
     try:
         return run(args)
     except (ValueError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+
+# ---------------------------------------------------------------------------------------
+# shipping a run as the package's model (authors only)
+# ---------------------------------------------------------------------------------------
+
+SHIP_PROMPTS = ("Once upon a time", "One day, Lily", "Tom had a little dog")
+
+
+def ship(run_dir: str | Path, dest: str | Path) -> None:
+    """Copy run_dir/model into dest as float16 safetensors + tokenizer.model + MODEL_CARD.md,
+    re-measuring the test loss on the rounded weights."""
+    import dataclasses as dc
+
+    import torch
+
+    from minillama.data import generate_corpus, split_stories
+    from minillama.generate import generate
+    from minillama.pretrained import load_model
+    from minillama.train import TrainConfig, evaluate, tokenize_stories
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model, tok = load_model(run_dir / "model")
+    model.half()
+    model.save_pretrained(dest)
+    tok.to_sentencepiece(dest / "tokenizer.model")
+    model, tok = load_model(dest)  # what users get: float16 weights read back as float32
+    cfg = TrainConfig(**{k: v for k, v in summary["train_config"].items()
+                         if k in {f.name for f in dc.fields(TrainConfig)}})
+    cfg.betas = tuple(cfg.betas)
+    seed = cfg.seed
+    test = split_stories(generate_corpus(int(summary.get("corpus_mb", 20) * 1e6), seed)).test
+    test_loss = evaluate(model, tokenize_stories(tok, test), dc.replace(cfg, eval_batches=16, bf16=False))
+    torch.manual_seed(0)
+    samples = [p + generate(model, tok, p, max_new_tokens=200, temperature=0.8, top_p=0.95,
+                            seed=i).text for i, p in enumerate(SHIP_PROMPTS)]
+    size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
+    val = summary["final_val_loss"]
+    card = MODEL_CARD.format(
+        command=summary["train_config"]["extra"].get("command", "?"), params=summary["parameters"],
+        steps=summary["steps"], tokens=summary["tokens_seen"], minutes=summary["total_seconds"] / 60,
+        threads=summary["threads"], val=val, val_ppl=math.exp(val), test=test_loss,
+        test_ppl=math.exp(test_loss), size=size,
+        samples="\n\n".join(f"> {s}" for s in samples))
+    (dest / "MODEL_CARD.md").write_text(card)
+    print(card)
+
+
+MODEL_CARD = """# The course model
+
+A {params:,}-parameter Llama (the `course` preset: dim 256, 6 layers, 8 query / 4 key-value
+heads, SwiGLU width 704, vocabulary 4096, context 512) trained from scratch on the course's
+generated children's stories, with the course's own BPE tokenizer.
+
+- Command: `{command}`
+- Shipped with: `python -m minillama.recipe ship RUN_DIR minillama/assets/course`
+- Training: {steps} steps, {tokens:,} tokens seen, {minutes:.0f} min on {threads} CPU thread(s)
+  (bfloat16 autocast on a CPU with AMX; weights and optimizer state in float32)
+- Validation loss at the end: {val:.3f} nats/token (perplexity {val_ppl:.2f})
+- Test split, on the shipped weights: loss {test:.3f} (perplexity {test_ppl:.2f})
+- Files: config.json, model.safetensors (float16, read back as float32), tokenizer.model
+  (SentencePiece format; `sentencepiece` loads it too) — {size:.1f} MB in all
+
+## Samples (temperature 0.8, top-p 0.95, seeds 0, 1, 2)
+
+{samples}
+"""
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["ship"] and len(sys.argv) == 4:
+        ship(sys.argv[2], sys.argv[3])
+    else:
+        print("usage: python -m minillama.recipe ship RUN_DIR DEST", file=sys.stderr)
+        sys.exit(2)

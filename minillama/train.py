@@ -190,23 +190,27 @@ def check_output_dir(out: Path) -> None:
         raise PermissionError(f"cannot write to the output folder {out}: {e.strerror}") from None
 
 
-def check_run(args: ModelArgs, cfg: TrainConfig, tokenizer, train: np.ndarray,
-              val: np.ndarray) -> None:
-    """Every reason a run would fail late, raised before any training time is spent."""
-    if tokenizer.vocab_size != args.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model's "
-                         f"vocab_size is {args.vocab_size}: pass a matching --vocab-size")
+def check_config(args: ModelArgs, cfg: TrainConfig) -> None:
+    """Settings that cannot work together, raised before any data is prepared."""
     if cfg.seq_len > args.max_seq_len:
         raise ValueError(f"seq_len {cfg.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by grad_accum {cfg.grad_accum}")
+    if cfg.steps <= 0 or cfg.warmup < 0:
+        raise ValueError(f"steps must be > 0 and warmup >= 0, got {cfg.steps} and {cfg.warmup}")
+
+
+def check_data(args: ModelArgs, cfg: TrainConfig, tokenizer, train: np.ndarray,
+               val: np.ndarray) -> None:
+    """A tokenizer that does not fit the model, or splits too small for one window."""
+    if tokenizer.vocab_size != args.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model's "
+                         f"vocab_size is {args.vocab_size}: pass a matching --vocab-size")
     need = cfg.seq_len + 1
     for name, toks in (("training", train), ("validation", val)):
         if len(toks) < need:
             raise ValueError(f"the {name} split has {len(toks)} tokens; it needs at least "
                              f"seq_len + 1 = {need}: give a larger corpus")
-    if cfg.steps <= 0 or cfg.warmup < 0:
-        raise ValueError(f"steps must be > 0 and warmup >= 0, got {cfg.steps} and {cfg.warmup}")
 
 
 def write_curves(out: Path, history: list[dict]) -> None:
@@ -237,8 +241,13 @@ def write_curves(out: Path, history: list[dict]) -> None:
 
 
 def train(model: Llama, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: TrainConfig,
-          out: Path | None = None, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Train model in place for cfg.steps; checkpoints to out/checkpoint. Returns the history."""
+          out: Path | None = None, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> list[dict]:
+    """Train model in place for cfg.steps; checkpoints to out/checkpoint. Returns the history.
+
+    stop_after ends this session at that step (with a checkpoint) without changing the
+    schedule, so a long run can be split across sessions with resume=True.
+    """
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -250,7 +259,8 @@ def train(model: Llama, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: T
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist")
         start, history = load_checkpoint(ckpt, model, opt)
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
                desc="training")
     tokens_per_step = cfg.batch_size * cfg.seq_len
     for step in bar:
@@ -265,7 +275,7 @@ def train(model: Llama, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: T
             row["val_loss"] = evaluate(model, val_tokens, cfg)
         history.append(row)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}")
-        if ckpt is not None and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
+        if ckpt is not None and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end):
             save_checkpoint(ckpt, model, opt, step + 1, cfg, history)
             write_curves(out, history)
     return history
