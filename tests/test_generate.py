@@ -4,15 +4,22 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from minillama.config import ModelArgs
 from minillama.generate import (
+    StreamDecoder,
+    generate,
     generate_ids,
+    prepare_prompt,
     sample_next,
     sampling_probs,
     softmax,
     top_k_filter,
     top_p_filter,
 )
+from minillama.model import Llama
+from minillama.tokenizer import Tokenizer
 
 PROBS = np.array([0.1, 0.2, 0.3, 0.4])
 
@@ -97,3 +104,73 @@ def test_decode_loop_stops_and_feeds_positions():
     assert ids == [3, 4, 5, 6] and why == "stop_token"
     ids, why = generate_ids(step, [1, 2], max_seq_len=5, max_new_tokens=50, temperature=0)
     assert ids == [3, 4, 5] and why == "context"
+
+
+# ---------------------------------------------------------------------------------------
+# with a real (tiny, random) model and a trained tokenizer
+# ---------------------------------------------------------------------------------------
+
+TEXT = ["Once upon a time there was a little cat. The cat liked to play in the sun.",
+        "One day, Lily found a red ball in the park. She was very happy."] * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(TEXT, 300)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size,
+                     max_seq_len=48)
+    return Llama(args).eval()
+
+
+def test_greedy_with_cache_equals_argmax_over_full_recompute(model, tok):
+    out = generate(model, tok, "Once upon a time", max_new_tokens=20, temperature=0,
+                   stop_ids=[])
+    ids = list(out.prompt_ids)
+    with torch.no_grad():
+        for _ in range(20):  # the reference: no cache, the whole sequence every time
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert out.ids == ids[len(out.prompt_ids):]
+    assert out.stop_reason == "max_new_tokens"
+    assert out.text == tok.decode(ids)[len(tok.decode(out.prompt_ids)):]
+
+
+def test_seeded_sampling_is_reproducible_and_streams_the_same_text(model, tok):
+    pieces = []
+    a = generate(model, tok, "One day", 15, temperature=1.0, top_p=0.9, seed=3,
+                 stream=pieces.append)
+    b = generate(model, tok, "One day", 15, temperature=1.0, top_p=0.9, seed=3)
+    assert a.ids == b.ids and "".join(pieces) == a.text
+
+
+def test_stream_decoder_never_splits_a_character(tok):
+    text = "cat 😀 é 猫 sun"  # none of these symbols are in the training text: byte pieces
+    ids = tok.encode(text)
+    assert any(tok.id_to_piece(i).startswith("<0x") for i in ids)
+    dec = StreamDecoder(tok)
+    pieces = [dec.push(i) for i in ids]
+    assert "".join(pieces) + dec.flush() == tok.decode(ids) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_prompts_empty_too_long_and_mismatched(model, tok):
+    assert prepare_prompt(tok, "", 48) == [tok.bos_id]
+    long = "the cat liked to play " * 20
+    with pytest.raises(ValueError, match=r"the prompt is \d+ tokens \(with BOS\) but the model's "
+                                         r"context holds 48"):
+        generate(model, tok, long, 5)
+    out = generate(model, tok, long, 5, truncate=True, temperature=0)
+    assert out.prompt_ids[0] == tok.bos_id and len(out.prompt_ids) < 48
+    other = Tokenizer.train(TEXT, 290)
+    with pytest.raises(ValueError, match="tokenizer has 290 pieces but the model's vocab_size is 300"):
+        generate(model, other, "hi", 5)
+
+
+def test_generation_stops_at_the_end_of_the_context(model, tok):
+    out = generate(model, tok, "Once", max_new_tokens=500, temperature=0, stop_ids=[])
+    assert out.stop_reason == "context"
+    assert len(out.prompt_ids) + len(out.ids) == model.args.max_seq_len
