@@ -12,9 +12,13 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
+
+# the tokenizer learns from the first this-many training stories (all of a 20 MB corpus)
+TOKENIZER_STORIES = 25_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,7 +68,7 @@ def _tokenizer(args: argparse.Namespace, train_texts: list[str], out: Path):
         return load_tokenizer(args.tokenizer)
     if args.resume and saved.exists():
         return load_tokenizer(saved)  # the run's own tokenizer: retraining could differ
-    sample = train_texts[: 25_000]  # ~5 MB of stories is plenty for 4096 pieces
+    sample = train_texts[:TOKENIZER_STORIES]
     tok = Tokenizer.train(sample, args.vocab_size)
     tok.to_sentencepiece(saved)
     return tok
@@ -168,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 SHIP_PROMPTS = ("Once upon a time", "One day, Lily", "Tom had a little dog")
 
 
-def ship(run_dir: str | Path, dest: str | Path) -> None:
+def ship(run_dir: str | Path, dest: str | Path, longer_dir: str | Path) -> None:
     """Copy run_dir/model into dest as float16 safetensors + tokenizer.model + MODEL_CARD.md,
-    re-measuring the test loss on the rounded weights."""
+    re-measuring the test loss on the rounded weights; longer_dir is the same run trained for
+    twice the steps, recorded in convergence.json."""
     import dataclasses as dc
 
     import torch
@@ -199,13 +204,31 @@ def ship(run_dir: str | Path, dest: str | Path) -> None:
     size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
     val = summary["final_val_loss"]
     card = MODEL_CARD.format(
-        command=summary["train_config"]["extra"].get("command", "?"), params=summary["parameters"],
+        command=_command(summary), params=summary["parameters"],
         steps=summary["steps"], tokens=summary["tokens_seen"], minutes=summary["total_seconds"] / 60,
         threads=summary["threads"], val=val, val_ppl=math.exp(val), test=test_loss,
         test_ppl=math.exp(test_loss), size=size,
         samples="\n\n".join(f"> {s}" for s in samples))
+    longer = json.loads((Path(longer_dir) / "summary.json").read_text())
+    convergence = {
+        "corpus_mb": summary["corpus_mb"], "seed": seed, "tokenizer_stories": TOKENIZER_STORIES,
+        "shipped": {"steps": summary["steps"], "val_loss": val, "test_loss": test_loss},
+        "2x": {"steps": longer["steps"], "val_loss": longer["final_val_loss"],
+               "test_loss": longer["test_loss"], "command": _command(longer)},
+    }
+    (dest / "convergence.json").write_text(json.dumps(convergence, indent=1) + "\n")
+    gain = (val - longer["final_val_loss"]) / val
+    card += (f"\n## Converged for its size\n\nThe same command with `--steps {longer['steps']}` "
+             f"reaches validation loss {longer['final_val_loss']:.3f}: {gain:.1%} lower "
+             "(convergence.json).\n")
     (dest / "MODEL_CARD.md").write_text(card)
     print(card)
+
+
+def _command(summary: dict) -> str:
+    """The recorded command, as a user would type it."""
+    cmd = summary["train_config"]["extra"].get("command", "?")
+    return re.sub(r"^\S*minillama(\.cli)? ", "minillama ", cmd)
 
 
 MODEL_CARD = """# The course model
@@ -215,7 +238,7 @@ heads, SwiGLU width 704, vocabulary 4096, context 512) trained from scratch on t
 generated children's stories, with the course's own BPE tokenizer.
 
 - Command: `{command}`
-- Shipped with: `python -m minillama.recipe ship RUN_DIR minillama/assets/course`
+- Shipped with: `python -m minillama.recipe ship RUN_DIR minillama/assets/course RUN_2X_DIR`
 - Training: {steps} steps, {tokens:,} tokens seen, {minutes:.0f} min on {threads} CPU thread(s)
   (bfloat16 autocast on a CPU with AMX; weights and optimizer state in float32)
 - Validation loss at the end: {val:.3f} nats/token (perplexity {val_ppl:.2f})
@@ -230,8 +253,8 @@ generated children's stories, with the course's own BPE tokenizer.
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["ship"] and len(sys.argv) == 4:
-        ship(sys.argv[2], sys.argv[3])
+    if sys.argv[1:2] == ["ship"] and len(sys.argv) == 5:
+        ship(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
-        print("usage: python -m minillama.recipe ship RUN_DIR DEST", file=sys.stderr)
+        print("usage: python -m minillama.recipe ship RUN_DIR DEST RUN_2X_DIR", file=sys.stderr)
         sys.exit(2)
