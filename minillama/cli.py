@@ -66,10 +66,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from minillama.generate import generate
+    import torch
+
+    from minillama.generate import check_sampling, generate
     from minillama.pretrained import load_model
 
+    # one token at a time through a small model is latency-bound: extra threads only wait
+    torch.set_num_threads(1)
     try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
         model, tok = load_model(args.model)
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, truncate=args.truncate)
@@ -124,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the end of a prompt longer than the context instead of failing")
     gen.set_defaults(func=_generate)
 
-    b = sub.add_parser("bench", help="benchmarks that print tables (tokenizer, ...)")
-    b.add_argument("what", choices=["tokenizer"], help="which benchmark")
+    b = sub.add_parser("bench", help="benchmarks that print tables: tokenizer, engine")
+    b.add_argument("what", choices=["tokenizer", "engine"], help="which benchmark")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark")
     b.set_defaults(func=_bench)
     return p

@@ -174,3 +174,22 @@ def test_generation_stops_at_the_end_of_the_context(model, tok):
     out = generate(model, tok, "Once", max_new_tokens=500, temperature=0, stop_ids=[])
     assert out.stop_reason == "context"
     assert len(out.prompt_ids) + len(out.ids) == model.args.max_seq_len
+
+
+def test_cli_streams_the_shipped_models_story_and_rejects_bad_options():
+    import subprocess
+    import sys
+
+    from minillama.pretrained import load_model
+
+    cmd = [sys.executable, "-m", "minillama", "generate", "Once upon a time",
+           "--max-new-tokens", "30", "--temperature", "0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    model, tok = load_model()
+    expected = generate(model, tok, "Once upon a time", 30, temperature=0)
+    assert r.stdout == "Once upon a time" + expected.text + "\n"
+    for bad, msg in [("--temperature=-1", "temperature must be >= 0"),
+                     ("--top-p=0", "top_p must be in (0, 1]"), ("--top-k=-2", "top_k must be")]:
+        r = subprocess.run([*cmd[:4], bad], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
