@@ -1,0 +1,413 @@
+"""`minillama bench engine`: the Numba engine against PyTorch eager and plain NumPy.
+
+Random-weight models with llama2.c's shapes (stories15M, stories42M, stories110M). For
+each shape and thread count, each implementation runs in its own fresh process, so thread
+pools start at the right size and peak memory (max RSS) is its own:
+
+- engine: `Engine.step` (one jitted call per token), greedy, and `Engine.prefill`;
+- torch:  the course's `Llama` in eager mode with a `KVCache`, under inference_mode;
+- numpy:  the same step written with the NumPy twins of the kernels (`kernels_ref`).
+
+Decode is tokens/s over --tokens positions from an empty cache (median of --runs runs);
+prefill is a --tokens prompt in one batched pass. The bandwidth ceiling is bytes of
+weights read per token divided by a copy bandwidth measured at that thread count (a
+256 MB numpy copy at 1 thread, a prange copy kernel above), counted as bytes copied per
+second. Timings on a shared machine are noisy: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SHAPES = ("stories15M", "stories42M", "stories110M")
+# llama2.c run.c (-Ofast -march=native, OpenMP) on these machines, from issue 6: 1 / 2 threads
+C_TOK_S = {"stories15M": (210, 665), "stories110M": (33, 55)}
+
+
+# ---------------------------------------------------------------------------------------
+# Workers (each runs in its own process)
+# ---------------------------------------------------------------------------------------
+
+
+def _random_state_dict(args, seed: int = 0) -> dict[str, np.ndarray]:
+    """llama2.c-shaped random float32 weights (std 0.02, norms 1), Meta's names."""
+    rng = np.random.default_rng(seed)
+    dim, hd, hidden = args.dim, args.head_dim, args.ffn_hidden_dim
+
+    def rand(*shape):
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+
+    sd = {"tok_embeddings.weight": rand(args.vocab_size, dim), "norm.weight": np.ones(dim, np.float32)}
+    if not args.tie_embeddings:
+        sd["output.weight"] = rand(args.vocab_size, dim)
+    for l in range(args.n_layers):
+        p = f"layers.{l}."
+        sd[p + "attention_norm.weight"] = np.ones(dim, np.float32)
+        sd[p + "ffn_norm.weight"] = np.ones(dim, np.float32)
+        sd[p + "attention.wq.weight"] = rand(args.n_heads * hd, dim)
+        sd[p + "attention.wk.weight"] = rand(args.n_kv_heads * hd, dim)
+        sd[p + "attention.wv.weight"] = rand(args.n_kv_heads * hd, dim)
+        sd[p + "attention.wo.weight"] = rand(dim, args.n_heads * hd)
+        sd[p + "feed_forward.w1.weight"] = rand(hidden, dim)
+        sd[p + "feed_forward.w2.weight"] = rand(dim, hidden)
+        sd[p + "feed_forward.w3.weight"] = rand(hidden, dim)
+    return sd
+
+
+def weight_bytes_per_token(args) -> int:
+    """Bytes of float32 weights one decode step reads: every matrix, the norms, one embedding row."""
+    from minillama.model import count_parameters
+
+    embeddings = args.vocab_size * args.dim
+    classifier = args.vocab_size * args.dim  # tied: the embedding matrix is read once more
+    return 4 * (count_parameters(args) - embeddings + (classifier if args.tie_embeddings else 0)
+                + args.dim)
+
+
+def _decode_runs(step, reset, n_tokens: int, runs: int) -> list[float]:
+    """tok/s of greedy decoding n_tokens from an empty cache, once per run."""
+    speeds = []
+    for _ in range(runs):
+        reset()
+        token, t0 = 1, time.perf_counter()
+        for pos in range(n_tokens):
+            token = int(np.argmax(step(token, pos)))
+        speeds.append(n_tokens / (time.perf_counter() - t0))
+    return speeds
+
+
+def _prefill_runs(prefill, reset, n_tokens: int, runs: int) -> list[float]:
+    prompt = np.arange(n_tokens) % 1000 + 1
+    speeds = []
+    for _ in range(runs):
+        reset()
+        t0 = time.perf_counter()
+        prefill(prompt)
+        speeds.append(n_tokens / (time.perf_counter() - t0))
+    return speeds
+
+
+def _worker_engine(args, n_tokens: int, runs: int) -> dict:
+    from numba import njit
+
+    from minillama import engine as engine_module
+    from minillama.engine import Engine, forward_step
+    from minillama.kernels import JIT
+
+    engine = Engine.from_state_dict(args, _random_state_dict(args))
+    w, s = engine.weights, engine.state
+
+    def step(token, pos):
+        return engine.step(token)
+
+    t0 = time.perf_counter()
+    engine.step(1), engine.prefill([1, 2, 3])  # compile, or load from the cache
+    first_call = time.perf_counter() - t0
+    decode = _decode_runs(step, engine.reset, n_tokens, runs)
+    prefill = _prefill_runs(engine.prefill, engine.reset, n_tokens, runs)
+
+    # time outside the jitted step: the same greedy loop with a no-op in place of the step
+    # (same arguments, so the call's unboxing counts as outside; argmax and checks too)
+    @njit(**dict(JIT, cache=False))
+    def no_op(w, s, token, pos, n_heads, eps):
+        return pos
+
+    no_op(w, s, 1, 0, args.n_heads, args.norm_eps)
+    engine_module.forward_step = no_op
+    try:
+        around = _decode_runs(step, engine.reset, n_tokens, max(runs, 5))
+    finally:
+        engine_module.forward_step = forward_step
+    outside = statistics.median(decode) / statistics.median(around)  # time ratio
+    return dict(decode=decode, prefill=prefill, first_call_s=first_call, outside_fraction=outside)
+
+
+def _worker_torch(args, n_tokens: int, runs: int) -> dict:
+    import torch
+
+    from minillama.model import KVCache, Llama
+
+    model = Llama(args).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in _random_state_dict(args).items()},
+                          strict=False)  # tied: output.weight is tok_embeddings.weight
+    cache = KVCache(args)
+
+    def step(token, pos):
+        return model(torch.tensor([[token]]), pos, cache)[0, -1]
+
+    def prefill(prompt):
+        return model(torch.as_tensor(prompt)[None], 0, cache)[0, -1]
+
+    with torch.inference_mode():
+        step(1, 0)
+        decode = _decode_runs(step, lambda: None, n_tokens, runs)
+        prefill = _prefill_runs(prefill, lambda: None, n_tokens, runs)
+    return dict(decode=decode, prefill=prefill)
+
+
+def _worker_numpy(args, n_tokens: int, runs: int) -> dict:
+    from minillama import kernels_ref as R
+    from minillama.engine import Engine
+
+    engine = Engine.from_state_dict(args, _random_state_dict(args))
+    w, s, nh, hd = engine.weights, engine.state, args.n_heads, args.head_dim
+
+    def step(token, pos):  # forward_step, line for line, with the NumPy twins
+        x, xb = s.x, s.xb
+        x[:] = w.tok_embeddings[token]
+        q, out = s.q.reshape(nh, hd), xb.reshape(nh, hd)
+        for l in range(args.n_layers):
+            R.rmsnorm(xb, x, w.attention_norm[l], args.norm_eps)
+            k, v = s.key_cache[l, pos], s.value_cache[l, pos]
+            R.qkv_matvec(s.q, k.reshape(-1), v.reshape(-1), w.wq, w.wk, w.wv, l, xb)
+            R.rope(q, s.cos[pos], s.sin[pos])
+            R.rope(k, s.cos[pos], s.sin[pos])
+            R.attention(out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
+            R.matvec_add(x, w.wo, l, xb)
+            R.rmsnorm(xb, x, w.ffn_norm[l], args.norm_eps)
+            R.swiglu_matvec(s.hb, w.w1, w.w3, l, xb)
+            R.matvec_add(x, w.w2, l, s.hb)
+        R.rmsnorm(xb, x, w.norm, args.norm_eps)
+        R.matvec(s.logits, w.output, 0, xb)
+        return s.logits
+
+    decode = _decode_runs(step, lambda: None, n_tokens, runs)
+    return dict(decode=decode, prefill=[])
+
+
+def _worker_bandwidth(args, n_tokens: int, runs: int) -> dict:
+    """Copy bandwidth, bytes copied per second, of a 256 MB float32 array (min of runs)."""
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def pcopy(dst, src):
+        n = src.shape[0]
+        chunk = (n + 63) // 64
+        for c in prange(64):
+            dst[c * chunk:min(n, (c + 1) * chunk)] = src[c * chunk:min(n, (c + 1) * chunk)]
+
+    src = np.ones(64 * 2**20, np.float32)
+    dst = np.empty_like(src)
+    copy = (lambda: np.copyto(dst, src)) if numba.get_num_threads() == 1 else (lambda: pcopy(dst, src))
+    copy()
+    times = []
+    for _ in range(max(runs, 5)):
+        t0 = time.perf_counter()
+        copy()
+        times.append(time.perf_counter() - t0)
+    return dict(copy_gbs=src.nbytes / min(times) / 1e9)
+
+
+def _worker_profile(args, n_tokens: int, runs: int) -> dict:
+    """Time per kernel class per token: the step's kernels called one by one from Python
+    (each call's dispatch overhead, measured on a no-op with the same arguments, taken off)."""
+    from numba import njit
+
+    from minillama import kernels as K
+    from minillama.engine import Engine, forward_step
+    from minillama.kernels import JIT
+
+    engine = Engine.from_state_dict(args, _random_state_dict(args))
+    w, s, nh, hd, eps = engine.weights, engine.state, args.n_heads, args.head_dim, args.norm_eps
+    x, xb, q, out = s.x, s.xb, s.q.reshape(nh, hd), s.xb.reshape(nh, hd)
+
+    @njit(**dict(JIT, cache=False))
+    def noop(a, b, c, d):
+        return c
+
+    def timed(name, fn, *a):
+        t0 = time.perf_counter()
+        fn(*a)
+        spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0 - overhead
+
+    noop(w.wq, s.q, 0, xb)  # compile it first
+    calls = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        noop(w.wq, s.q, 0, xb)
+        calls.append(time.perf_counter() - t0)
+    spent, overhead = {}, statistics.median(calls)
+    for pos in range(n_tokens):  # warm-up pass compiles; the second pass is timed
+        if pos == 1:
+            spent = {}
+        engine.reset()
+        x[:] = w.tok_embeddings[1]
+        for l in range(args.n_layers):
+            timed("rmsnorm", K.rmsnorm, xb, x, w.attention_norm[l], eps)
+            k, v = s.key_cache[l, pos], s.value_cache[l, pos]
+            timed("qkv matvec", K.qkv_matvec, s.q, k.reshape(-1), v.reshape(-1), w.wq, w.wk, w.wv, l, xb)
+            timed("rope", K.rope, q, s.cos[pos], s.sin[pos])
+            timed("rope", K.rope, k, s.cos[pos], s.sin[pos])
+            timed("attention", K.attention, out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
+            timed("wo matvec+add", K.matvec_add, x, w.wo, l, xb)
+            timed("rmsnorm", K.rmsnorm, xb, x, w.ffn_norm[l], eps)
+            timed("w1/w3 swiglu", K.swiglu_matvec, s.hb, w.w1, w.w3, l, xb)
+            timed("w2 matvec+add", K.matvec_add, x, w.w2, l, s.hb)
+        timed("rmsnorm", K.rmsnorm, xb, x, w.norm, eps)
+        timed("classifier", K.matvec, s.logits, w.output, np.int64(0), xb)
+    per_token_us = {k: 1e6 * v / (n_tokens - 1) for k, v in spent.items()}
+    t0 = time.perf_counter()
+    for pos in range(n_tokens):
+        forward_step(w, s, 1, pos, nh, eps)
+    step_us = 1e6 * (time.perf_counter() - t0) / n_tokens
+    return dict(kernels_us=per_token_us, step_us=step_us, dispatch_us=1e6 * overhead, decode=[])
+
+
+WORKERS = {"engine": _worker_engine, "torch": _worker_torch, "numpy": _worker_numpy,
+           "bandwidth": _worker_bandwidth, "profile": _worker_profile}
+
+
+def _run_worker(what: str, shape: str, threads: int, n_tokens: int, runs: int) -> dict:
+    # every implementation gets the same OpenMP wait policy as the engine (see kernels.py)
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    cmd = [sys.executable, "-m", "minillama.bench.engine", "--worker", what, "--shapes", shape,
+           "--threads", str(threads), "--tokens", str(n_tokens), "--runs", str(runs)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} worker failed ({shape}, {threads} threads):\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worker_main(opts) -> int:
+    import numba
+    import torch
+
+    from minillama.config import get_preset
+
+    threads = int(opts.threads)
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    args = get_preset(opts.shapes)
+    result = WORKERS[opts.worker](args, min(opts.tokens, args.max_seq_len), opts.runs)
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str]) -> dict:
+    from minillama.config import get_preset
+
+    args = get_preset(shape)
+    r = {w: _run_worker(w, shape, threads, n_tokens, runs) for w in ["bandwidth", "engine", *baselines]}
+    decode = {w: _median(r[w]["decode"]) for w in ["engine", *baselines]}
+    ceiling = r["bandwidth"]["copy_gbs"] * 1e9 / weight_bytes_per_token(args)
+    return dict(shape=shape, threads=threads, decode=decode, ceiling=ceiling,
+                bandwidth=r["bandwidth"]["copy_gbs"],
+                prefill=_median(r["engine"]["prefill"]),
+                torch_prefill=_median(r["torch"]["prefill"]) if "torch" in r else float("nan"),
+                outside=r["engine"]["outside_fraction"], first_call=r["engine"]["first_call_s"],
+                spread=(min(r["engine"]["decode"]), max(r["engine"]["decode"])),
+                peak={w: r[w]["peak_mb"] for w in ["engine", *baselines]})
+
+
+def _print_table(rows: list[dict], baselines: list[str]) -> None:
+    head = ["shape", "thr", "engine tok/s (min-max)"] + [f"{b} tok/s" for b in baselines]
+    head += [f"x {b}" for b in baselines] + ["C tok/s", "ceiling", "% ceil", "GB/s",
+                                              "prefill tok/s", "pf/dec", "torch pf", "outside",
+                                              "peak MB"]
+    lines = [head]
+    for r in rows:
+        e = r["decode"]["engine"]
+        c = C_TOK_S.get(r["shape"], (None, None))[r["threads"] - 1] if r["threads"] <= 2 else None
+        lines.append(
+            [r["shape"], str(r["threads"]), f"{e:.0f} ({r['spread'][0]:.0f}-{r['spread'][1]:.0f})"]
+            + [f"{r['decode'][b]:.1f}" for b in baselines]
+            + [f"{e / r['decode'][b]:.2f}" for b in baselines]
+            + [str(c) if c else "-", f"{r['ceiling']:.0f}", f"{100 * e / r['ceiling']:.0f}%",
+               f"{r['bandwidth']:.1f}", f"{r['prefill']:.0f}", f"{r['prefill'] / e:.1f}",
+               f"{r['torch_prefill']:.0f}", f"{100 * r['outside']:.1f}%",
+               "/".join(f"{r['peak'][w]:.0f}" for w in r["peak"])])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    for i, line in enumerate(lines):
+        print("  ".join(cell.rjust(wd) for cell, wd in zip(line, widths)))
+        if i == 0:
+            print("  ".join("-" * wd for wd in widths))
+    print("\npf/dec: engine prefill tok/s over engine decode tok/s; torch pf: torch prefill tok/s.")
+    print(f"peak MB: max RSS of each process ({'/'.join(['engine', *baselines])}), "
+          "Python and imports included; C tok/s: from issue 6, not measured here;\n"
+          "ceiling: copy bandwidth (GB/s column) / weight bytes per token; outside: share of "
+          "a decode token spent outside the jitted step.")
+
+
+def _profile(shapes: list[str], threads: list[int], n_tokens: int, runs: int) -> int:
+    print(f"us per decoded token, averaged over {n_tokens} positions; load average "
+          f"{os.getloadavg()[0]:.2f}\n")
+    for shape in shapes:
+        for n in threads:
+            r = _run_worker("profile", shape, n, n_tokens, runs)
+            total = sum(r["kernels_us"].values())
+            print(f"{shape}, {n} thread(s): one jitted step {r['step_us']:.0f} us; kernels called "
+                  f"one by one {total:.0f} us (+{r['dispatch_us']:.1f} us dispatch per call, removed)")
+            for name, us in sorted(r["kernels_us"].items(), key=lambda kv: -kv[1]):
+                print(f"  {name:16s} {us:8.1f} us  {100 * us / total:5.1f}%")
+            print()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minillama bench engine", description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {SHAPES}")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--tokens", type=int, default=256, help="tokens decoded and prefilled (default 256)")
+    p.add_argument("--runs", type=int, default=5, help="runs per measurement; the median is shown")
+    p.add_argument("--baselines", default="torch,numpy", help="comma-separated: torch, numpy")
+    p.add_argument("--quick", action="store_true", help="stories15M only, 64 tokens, 2 runs")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: time per kernel class per decoded token, for each shape and thread count")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = _parser().parse_args(argv)
+    if opts.worker:
+        return _worker_main(opts)
+    if opts.quick:
+        opts.shapes, opts.tokens, opts.runs = "stories15M", 64, 2
+    shapes = [s for s in opts.shapes.split(",") if s]
+    baselines = [b for b in opts.baselines.split(",") if b]
+    bad = [s for s in shapes if s not in SHAPES] + [b for b in baselines if b not in ("torch", "numpy")]
+    if bad or opts.tokens < 1 or opts.runs < 1:
+        print(f"error: unknown shapes/baselines {bad} (shapes: {SHAPES}; baselines: torch, numpy), "
+              "or --tokens/--runs below 1", file=sys.stderr)
+        return 2
+    threads = [int(t) for t in opts.threads.split(",")]
+    if opts.profile:
+        return _profile(shapes, threads, opts.tokens, opts.runs)
+    print(f"decode {opts.tokens} tokens, median of {opts.runs} runs; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}; load average before: "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for shape in shapes:
+        for n in threads:
+            rows.append(_row(shape, n, opts.tokens, opts.runs, baselines))
+            print(f"  {shape} at {n} thread(s): engine {rows[-1]['decode']['engine']:.1f} tok/s",
+                  flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}\n")
+    _print_table(rows, baselines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

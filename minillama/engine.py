@@ -1,0 +1,367 @@
+"""The fast CPU inference engine: one jitted Numba call per token, llama2.c style.
+
+    engine = Engine.from_pretrained("path/to/hf-dir")       # or Engine.from_model(model)
+    ids = engine.generate(prompt_ids, max_new_tokens=200, temperature=0.0)
+    logits = engine.prefill(prompt_ids)      # (vocab_size,) for the last prompt token
+    logits = engine.step(token)              # one more token at position engine.pos
+
+Structures (as in llama2.c's run.c): `Weights`, every matrix kind stacked over layers in
+one contiguous float32 array, and `RunState`, every buffer one step needs, preallocated,
+so the step allocates nothing. `forward_step` runs a token through all layers and the
+classifier in a single jitted call: no Python per layer. `forward_prefill` does the same
+for a chunk of prompt tokens with matrix-matrix kernels, which read each weight once per
+chunk instead of once per token.
+
+How quantized weights plug in (the next issue): each of the eight matrix kinds (wq wk wv
+wo w1 w2 w3 output) is its own field of `Weights`, holding a format NamedTuple from
+`minillama.kernels` (today `F32Matrix(w)` with w (n_layers, rows, cols)). The kernels
+reach a matrix only through `row_dot` (decode) and `load_rows` (prefill), which dispatch
+on the format's class at compile time. A Q8_0, Q4_0 or NF4 matrix is another NamedTuple
+(say `Q8Matrix(qs, scales)`) registered with `kernels.register_format`; putting one in
+any field of `Weights` makes Numba compile a specialisation of the same `forward_step`
+for that mix of formats. Nothing here changes: not the step, not the kernel calls (see
+tests/test_engine.py, where a toy int8 format stands in for wq and w2). The embedding
+table and norms stay float32 (a row lookup and a few vectors per token). A format class
+must live in an importable module: Numba's cache index pickles every compiled signature,
+and a class it cannot import (a notebook's, a test's) breaks loading the cache elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from minillama import kernels as K
+from minillama.config import ModelArgs
+from minillama.kernels import JIT, F32Matrix
+from minillama.rope import precompute_freqs_cis
+
+PREFILL_CHUNK = 256  # tokens per prefill call: the chunk's activations stay in L2 (< 4 MB)
+
+
+class Weights(NamedTuple):
+    """All weights, Meta's names; matrices stacked over layers (a format NamedTuple each)."""
+
+    tok_embeddings: np.ndarray  # (vocab_size, dim)
+    attention_norm: np.ndarray  # (n_layers, dim)
+    ffn_norm: np.ndarray  # (n_layers, dim)
+    norm: np.ndarray  # (dim,)
+    wq: F32Matrix  # (n_layers, n_heads * head_dim, dim)
+    wk: F32Matrix  # (n_layers, n_kv_heads * head_dim, dim)
+    wv: F32Matrix  # (n_layers, n_kv_heads * head_dim, dim)
+    wo: F32Matrix  # (n_layers, dim, n_heads * head_dim)
+    w1: F32Matrix  # (n_layers, hidden_dim, dim)   gate
+    w2: F32Matrix  # (n_layers, dim, hidden_dim)   down
+    w3: F32Matrix  # (n_layers, hidden_dim, dim)   up
+    output: F32Matrix  # (1, vocab_size, dim); shares tok_embeddings' memory when tied
+
+
+class RunState(NamedTuple):
+    """The buffers of one decode step, plus the KV cache and the RoPE table."""
+
+    x: np.ndarray  # (dim,) the residual stream
+    xb: np.ndarray  # (dim,) normed x, then the attention output
+    hb: np.ndarray  # (hidden_dim,) silu(w1 x) * w3 x
+    q: np.ndarray  # (dim,) the query, n_heads * head_dim
+    att: np.ndarray  # (n_heads, max_seq_len) attention scores, one row per head
+    logits: np.ndarray  # (vocab_size,)
+    key_cache: np.ndarray  # (n_layers, max_seq_len, n_kv_heads, head_dim)
+    value_cache: np.ndarray  # (n_layers, max_seq_len, n_kv_heads, head_dim)
+    cos: np.ndarray  # (max_seq_len, head_dim // 2) Re freqs_cis
+    sin: np.ndarray  # (max_seq_len, head_dim // 2) Im freqs_cis
+
+
+class PrefillState(NamedTuple):
+    """The buffers of one prefill chunk of T tokens."""
+
+    x: np.ndarray  # (T, dim)
+    xb: np.ndarray  # (T, dim)
+    q: np.ndarray  # (T, dim)
+    k: np.ndarray  # (T, n_kv_heads * head_dim)
+    v: np.ndarray  # (T, n_kv_heads * head_dim)
+    hb: np.ndarray  # (T, hidden_dim)
+    logits: np.ndarray  # (T, vocab_size) if every position's logits are wanted, else (1, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# The forward passes (jitted; each is one call)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def forward_step(w, s, token, pos, n_heads, eps):
+    """Token `token` at position `pos`: writes its keys/values into the cache and the
+    next-token logits into s.logits (vocab_size,)."""
+    x, xb = s.x, s.xb
+    n_layers, max_seq_len, n_kv_heads, head_dim = s.key_cache.shape
+    x[:] = w.tok_embeddings[token]
+    q = s.q.reshape(n_heads, head_dim)  # (n_heads, head_dim) view
+    out = xb.reshape(n_heads, head_dim)  # attention output, a view of xb
+    cos, sin = s.cos[pos], s.sin[pos]  # (head_dim // 2,)
+    for l in range(n_layers):
+        K.rmsnorm(xb, x, w.attention_norm[l], eps)
+        k = s.key_cache[l, pos]  # (n_kv_heads, head_dim): written in place
+        v = s.value_cache[l, pos]
+        K.qkv_matvec(s.q, k.reshape(n_kv_heads * head_dim), v.reshape(n_kv_heads * head_dim),
+                     w.wq, w.wk, w.wv, l, xb)
+        K.rope(q, cos, sin)
+        K.rope(k, cos, sin)
+        K.attention(out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
+        K.matvec_add(x, w.wo, l, xb)  # x += wo @ attention
+        K.rmsnorm(xb, x, w.ffn_norm[l], eps)
+        K.swiglu_matvec(s.hb, w.w1, w.w3, l, xb)
+        K.matvec_add(x, w.w2, l, s.hb)  # x += w2 @ swiglu
+    K.rmsnorm(xb, x, w.norm, eps)
+    K.matvec(s.logits, w.output, np.int64(0), xb)  # one matrix: index 0
+
+
+@njit(**JIT)
+def forward_prefill(w, s, p, tokens, start_pos, n_heads, eps, all_logits):
+    """tokens (T,) at positions start_pos..: fills the cache; logits of the last token go
+    to s.logits, or every token's to p.logits (T, vocab_size) when all_logits."""
+    T = tokens.shape[0]
+    n_layers, max_seq_len, n_kv_heads, head_dim = s.key_cache.shape
+    X, XB = p.x[:T], p.xb[:T]  # (T, dim)
+    Q = p.q[:T].reshape(T, n_heads, head_dim)
+    Kn = p.k[:T].reshape(T, n_kv_heads, head_dim)
+    Vn = p.v[:T].reshape(T, n_kv_heads, head_dim)
+    for t in range(T):
+        X[t] = w.tok_embeddings[tokens[t]]
+    for l in range(n_layers):
+        for t in range(T):
+            K.rmsnorm(XB[t], X[t], w.attention_norm[l], eps)
+        K.matmul(p.q[:T], w.wq, l, XB)
+        K.matmul(p.k[:T], w.wk, l, XB)
+        K.matmul(p.v[:T], w.wv, l, XB)
+        for t in range(T):
+            K.rope(Q[t], s.cos[start_pos + t], s.sin[start_pos + t])
+            K.rope(Kn[t], s.cos[start_pos + t], s.sin[start_pos + t])
+        s.key_cache[l, start_pos:start_pos + T] = Kn
+        s.value_cache[l, start_pos:start_pos + T] = Vn
+        K.attention_prefill(XB.reshape(T, n_heads, head_dim), Q, s.key_cache[l],
+                            s.value_cache[l], s.att, start_pos)
+        K.matmul_add(X, w.wo, l, XB)
+        for t in range(T):
+            K.rmsnorm(XB[t], X[t], w.ffn_norm[l], eps)
+        K.swiglu_matmul(p.hb[:T], w.w1, w.w3, l, XB)
+        K.matmul_add(X, w.w2, l, p.hb[:T])
+    if all_logits:
+        for t in range(T):
+            K.rmsnorm(XB[t], X[t], w.norm, eps)
+        K.matmul(p.logits[:T], w.output, np.int64(0), XB)
+        s.logits[:] = p.logits[T - 1]
+    else:
+        K.rmsnorm(s.xb, X[T - 1], w.norm, eps)
+        K.matvec(s.logits, w.output, np.int64(0), s.xb)
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling (a stand-in: minillama/generate.py will own temperature / top-k / top-p)
+# ---------------------------------------------------------------------------------------
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+           rng: np.random.Generator) -> int:
+    """A token id from logits (vocab_size,): argmax at temperature 0, else a draw from the
+    softmax at that temperature restricted to the top_k tokens and the top_p mass."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if top_k:
+        kth = np.partition(z, -top_k)[-top_k] if top_k < z.size else -np.inf
+        z = np.where(z >= kth, z, -np.inf)
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cum = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cum, top_p)) + 1]  # smallest set reaching top_p
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), z.size - 1))
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and the Engine
+# ---------------------------------------------------------------------------------------
+
+
+def _f32(t) -> np.ndarray:
+    """A float32 C-contiguous copy: the engine never shares memory with the model."""
+    if hasattr(t, "detach"):  # a torch tensor, any dtype or device
+        t = t.detach().float().cpu().numpy()
+    return np.array(t, dtype=np.float32, order="C", copy=True)
+
+
+def weights_from_state_dict(args: ModelArgs, sd) -> Weights:
+    """Meta-named tensors (torch or numpy) -> Weights, checking every name and shape."""
+    dim, hd, hidden = args.dim, args.head_dim, args.ffn_hidden_dim
+    layer_shapes = {  # per-layer name -> shape
+        "attention_norm.weight": (dim,), "ffn_norm.weight": (dim,),
+        "attention.wq.weight": (args.n_heads * hd, dim),
+        "attention.wk.weight": (args.n_kv_heads * hd, dim),
+        "attention.wv.weight": (args.n_kv_heads * hd, dim),
+        "attention.wo.weight": (dim, args.n_heads * hd),
+        "feed_forward.w1.weight": (hidden, dim), "feed_forward.w2.weight": (dim, hidden),
+        "feed_forward.w3.weight": (hidden, dim),
+    }
+    shapes = {"tok_embeddings.weight": (args.vocab_size, dim), "norm.weight": (dim,)}
+    if not args.tie_embeddings:
+        shapes["output.weight"] = (args.vocab_size, dim)
+    for l in range(args.n_layers):
+        shapes.update({f"layers.{l}.{k}": v for k, v in layer_shapes.items()})
+    optional = {"output.weight"} if args.tie_embeddings else set()  # tied: the same tensor
+    unknown = set(sd) - set(shapes) - optional
+    missing = set(shapes) - set(sd)
+    if unknown or missing:
+        raise ValueError(f"state dict does not match the config: missing {sorted(missing)}, "
+                         f"unexpected {sorted(unknown)}")
+    for name, shape in shapes.items():
+        if tuple(sd[name].shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(sd[name].shape)}, expected {shape}")
+
+    def stack(name: str) -> np.ndarray:  # (n_layers, ...) contiguous float32
+        return np.stack([_f32(sd[f"layers.{l}.{name}"]) for l in range(args.n_layers)])
+
+    emb = _f32(sd["tok_embeddings.weight"])
+    output = emb if args.tie_embeddings else _f32(sd["output.weight"])
+    return Weights(
+        tok_embeddings=emb, attention_norm=stack("attention_norm.weight"),
+        ffn_norm=stack("ffn_norm.weight"), norm=_f32(sd["norm.weight"]),
+        wq=F32Matrix(stack("attention.wq.weight")), wk=F32Matrix(stack("attention.wk.weight")),
+        wv=F32Matrix(stack("attention.wv.weight")), wo=F32Matrix(stack("attention.wo.weight")),
+        w1=F32Matrix(stack("feed_forward.w1.weight")), w2=F32Matrix(stack("feed_forward.w2.weight")),
+        w3=F32Matrix(stack("feed_forward.w3.weight")), output=F32Matrix(output[None]),
+    )
+
+
+def _rope_table(args: ModelArgs, end: int) -> tuple[np.ndarray, np.ndarray]:
+    fc = precompute_freqs_cis(args.head_dim, end, args.rope_theta, args.rope_scaling).numpy()
+    return np.ascontiguousarray(fc.real), np.ascontiguousarray(fc.imag)  # (end, hd // 2) each
+
+
+class Engine:
+    """A model ready for fast decoding: Weights, a RunState with its KV cache, a position."""
+
+    def __init__(self, args: ModelArgs, weights: Weights):
+        self.args, self.weights = args, weights
+        L, S, hd = args.n_layers, args.max_seq_len, args.head_dim
+        cos, sin = _rope_table(args, S)
+        cache_shape = (L, S, args.n_kv_heads, hd)
+        self.state = RunState(
+            x=np.zeros(args.dim, np.float32), xb=np.zeros(args.dim, np.float32),
+            hb=np.zeros(args.ffn_hidden_dim, np.float32), q=np.zeros(args.dim, np.float32),
+            att=np.zeros((args.n_heads, S), np.float32),
+            logits=np.zeros(args.vocab_size, np.float32),
+            key_cache=np.zeros(cache_shape, np.float32),
+            value_cache=np.zeros(cache_shape, np.float32), cos=cos, sin=sin)
+        # dynamic NTK's frequencies depend on the current length: rows are rewritten per call
+        self._dynamic = args.rope_scaling is not None and args.rope_scaling.type == "dynamic"
+        self.pos = 0  # tokens in the KV cache; the next token goes to this position
+
+    @classmethod
+    def from_model(cls, model) -> Engine:
+        """An engine holding float32 copies of a torch `Llama`'s weights."""
+        return cls(model.args, weights_from_state_dict(model.args, model.state_dict()))
+
+    @classmethod
+    def from_state_dict(cls, args: ModelArgs, state_dict) -> Engine:
+        """An engine from Meta-named tensors (torch or numpy) matching args."""
+        return cls(args, weights_from_state_dict(args, state_dict))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Engine:
+        """Load a directory `Llama.from_pretrained` loads (transformers' format)."""
+        from minillama.model import Llama
+
+        return cls.from_model(Llama.from_pretrained(path))
+
+    def reset(self) -> None:
+        """Forget the KV cache: the next token goes to position 0."""
+        self.pos = 0
+
+    def _check(self, tokens: np.ndarray) -> None:
+        a = self.args
+        if tokens.size == 0:
+            raise ValueError("no tokens given: need at least one token id")
+        if tokens.min() < 0 or tokens.max() >= a.vocab_size:
+            raise ValueError(f"token ids must lie in 0..{a.vocab_size - 1} (vocab_size), got "
+                             f"{tokens.min()}..{tokens.max()}")
+        end = self.pos + tokens.size
+        if end > a.max_seq_len:
+            raise ValueError(f"positions {self.pos}..{end - 1} go past max_seq_len "
+                             f"{a.max_seq_len}; call reset() or use a shorter input")
+        if self._dynamic:  # what Llama.rope_table does: this call's length sets the base
+            cos, sin = _rope_table(a, end)
+            self.state.cos[self.pos:end], self.state.sin[self.pos:end] = (
+                cos[self.pos:end], sin[self.pos:end])
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed one token at position self.pos; the next-token logits (vocab_size,).
+
+        The array is the engine's buffer: the next call overwrites it (copy to keep it)."""
+        token = int(token)
+        if not (0 <= token < self.args.vocab_size and self.pos < self.args.max_seq_len) \
+                or self._dynamic:
+            self._check(np.array([token]))
+        forward_step(self.weights, self.state, token, self.pos, self.args.n_heads,
+                     self.args.norm_eps)
+        self.pos += 1
+        return self.state.logits
+
+    def prefill(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Feed tokens at positions self.pos.. in batched chunks; the last token's logits
+        (vocab_size,), or every token's (T, vocab_size) float32 when all_logits."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        self._check(tokens)
+        a, T = self.args, tokens.size
+        chunk = min(T, PREFILL_CHUNK)
+        kv = a.n_kv_heads * a.head_dim
+        p = PrefillState(*(np.empty((chunk, n), np.float32) for n in
+                           (a.dim, a.dim, a.dim, kv, kv, a.ffn_hidden_dim)),
+                         logits=np.empty((chunk, a.vocab_size) if all_logits else (1, 1), np.float32))
+        every = np.empty((T, a.vocab_size), np.float32) if all_logits else None
+        for c in range(0, T, chunk):
+            part = tokens[c:c + chunk]
+            forward_prefill(self.weights, self.state, p, part, self.pos, a.n_heads,
+                            a.norm_eps, all_logits)
+            if all_logits:
+                every[c:c + part.size] = p.logits[:part.size]
+            self.pos += part.size
+        return every if all_logits else self.state.logits
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop_ids: Sequence[int] = (), stream: Callable[[int], None] | None = None,
+                 ) -> list[int]:
+        """New token ids after prompt_ids (starting from an empty cache); stops after
+        max_new_tokens or before a stop id (which is not returned). stream(id) sees each."""
+        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if prompt.size + max_new_tokens > self.args.max_seq_len:
+            raise ValueError(f"prompt ({prompt.size} tokens) + max_new_tokens ({max_new_tokens}) "
+                             f"exceeds max_seq_len {self.args.max_seq_len}")
+        if temperature < 0 or (top_k is not None and top_k < 0) or \
+                (top_p is not None and not 0 < top_p <= 1):
+            raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1; got "
+                             f"{temperature}, {top_k}, {top_p}")
+        self.reset()
+        logits = self.prefill(prompt)
+        rng, stops, out = np.random.default_rng(seed), set(int(s) for s in stop_ids), []
+        for i in range(max_new_tokens):
+            token = sample(logits, temperature, top_k, top_p, rng)
+            if token in stops:
+                break
+            out.append(token)
+            if stream is not None:
+                stream(token)
+            if i + 1 < max_new_tokens:
+                logits = self.step(token)
+        return out

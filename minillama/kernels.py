@@ -1,0 +1,405 @@
+"""Numba kernels for CPU inference, each with a NumPy twin in `minillama/kernels_ref.py`.
+
+    matvec(out, W, m, x)           out = W[m] @ x            prange over output rows
+    matvec_add(out, W, m, x)       out += W[m] @ x           residual add fused in
+    qkv_matvec(q, k, v, Wq, Wk, Wv, m, x)                    three matvecs, one parallel loop
+    swiglu_matvec(out, W1, W3, m, x)  silu(W1[m] x) * (W3[m] x)
+    matmul(out, W, m, X) / matmul_add / swiglu_matmul        the same for a batch X (T, cols)
+    rmsnorm(out, x, weight, eps)   rope(x, cos, sin)   softmax(x)   add(out, x)
+    attention(out, q, k_cache, v_cache, att, n_keys)         prange over heads, GQA aware
+    attention_prefill(out, q, k_cache, v_cache, att, start_pos)  causal, a batch of queries
+    linear(x, w)   rms_norm(x, weight, eps)   attend(q, k_cache, v_cache, n_keys)
+                                   checked wrappers that allocate the output (lessons, tests)
+
+Kernels take the output first. The decode kernels allocate nothing; the prefill matmul
+takes a small scratch per block of rows, for formats that dequantize. The flags live in
+one place: `JIT` for every kernel and `PJIT` (parallel) for those with a `prange`, which
+is only ever on the outer loop (output rows, heads). `cache=True` on the serial kernels and
+the engine's entry points: a second run of the engine compiles nothing. (Numba's cache
+checks only the defining file's timestamp: after editing this file, delete the cached
+`engine.*` entries too, or the engine keeps the old kernels.)
+
+Weight formats. A matrix argument `W` is not an array but a small NamedTuple whose class
+names its storage format; `F32Matrix(w)` holds a stack of float32 matrices
+`w (n_mats, rows, cols)`, so `W[m]` is layer m's matrix. The kernels reach a matrix only
+through two functions that dispatch on the format's class at compile time:
+`row_dot(W, m, i, x)` (row i of matrix m dotted with x: decode) and
+`load_rows(W, m, i0, n, buf)` (n rows as float32, a view or dequantized into buf:
+prefill). A quantized format (Q8_0, Q4_0, NF4) is a new NamedTuple class plus those two
+and a `dequantize`, given to `register_format`; the kernels and the engine's step keep
+their structure, and Numba compiles one specialisation per mix of formats.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+
+# Numba's OpenMP threads busy-wait ~300k spins after every parallel loop. On a machine whose
+# cores are busy with other processes a spinning thread takes the core from the thread that
+# has work, and each of a token's ~30-60 parallel loops waits for a descheduled thread:
+# stories15M at 2 threads measured 10-20 tok/s instead of 230-260 with PASSIVE, which costs
+# ~2 us per parallel loop on an idle machine (1.7 -> 3.9 us per launch). Only OpenMP
+# runtimes loaded after this import see it (torch's, if imported later); set it to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# fastmath without nnan/ninf: reassociation lets LLVM vectorise the float32 reductions
+# (results move by ~1e-7 relative), but no flag may assume away an inf or a NaN
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+JIT = dict(cache=True, fastmath=FASTMATH, boundscheck=False, nogil=True)
+# Parallel kernels (and the wrappers that call them) are not cached on their own: a cached
+# function compiled in a process that loaded its parallel callees from the cache segfaults
+# when a later process loads it (numba issues #8578, #10128; reproduced here). They are
+# compiled into, and cached with, their callers: the engine's forward_step and prefill.
+PJIT = dict(JIT, parallel=True, cache=False)
+
+# ---------------------------------------------------------------------------------------
+# Weight formats and the row-dot dispatch
+# ---------------------------------------------------------------------------------------
+
+
+class F32Matrix(NamedTuple):
+    """Plain float32 storage: w (n_mats, rows, cols), C-contiguous."""
+
+    w: np.ndarray
+
+
+class Format(NamedTuple):
+    row_dot: Callable  # jitted (W, m, i, x) -> float32: row i of matrix m dotted with x
+    load_rows: Callable  # jitted (W, m, i0, n, buf) -> float32 (n, cols): a view, or buf filled
+    dequantize: Callable  # python (W, m) -> float32 (rows, cols): for twins and tests
+
+
+FORMATS: dict[type, Format] = {}
+
+
+def register_format(cls: type, row_dot_impl: Callable, load_rows_impl: Callable,
+                    dequantize_impl: Callable) -> None:
+    """Make NamedTuple class `cls` usable wherever a kernel takes a matrix W."""
+    FORMATS[cls] = Format(row_dot_impl, load_rows_impl, dequantize_impl)
+
+
+def _format_of(W):
+    fmt = FORMATS.get(getattr(W, "instance_class", None))
+    if fmt is None:
+        raise TypeError(f"no registered weight format for {W}; known: {list(FORMATS)}")
+    return fmt
+
+
+def row_dot(W, m, i, x):
+    """Row i of matrix m of W, dotted with x (cols,): a float32 scalar (any registered format)."""
+    return FORMATS[type(W)].row_dot(W, m, i, x)  # pure Python path (NUMBA_DISABLE_JIT=1)
+
+
+def load_rows(W, m, i0, n, buf):
+    """Rows i0..i0+n-1 of matrix m as float32 (n, cols): a view, or dequantized into buf."""
+    return FORMATS[type(W)].load_rows(W, m, i0, n, buf)
+
+
+@overload(row_dot)
+def _row_dot_jit(W, m, i, x):
+    impl = _format_of(W).row_dot
+    return lambda W, m, i, x: impl(W, m, i, x)
+
+
+@overload(load_rows)
+def _load_rows_jit(W, m, i0, n, buf):
+    impl = _format_of(W).load_rows
+    return lambda W, m, i0, n, buf: impl(W, m, i0, n, buf)
+
+
+@njit(**JIT)
+def _f32_row_dot(W, m, i, x):
+    w = W.w
+    acc = np.float32(0.0)
+    for j in range(x.shape[0]):
+        acc += w[m, i, j] * x[j]  # float32 accumulate: with reassoc LLVM keeps 4 vector sums
+    return acc
+
+
+@njit(**JIT)
+def _f32_load_rows(W, m, i0, n, buf):
+    return W.w[m, i0 : i0 + n]  # already float32: a view, buf unused
+
+
+register_format(F32Matrix, _f32_row_dot, _f32_load_rows, lambda W, m: W.w[m])
+
+
+def dequantize(W, m: int) -> np.ndarray:
+    """Matrix m of W as float32 (rows, cols), whatever its format."""
+    return FORMATS[type(W)].dequantize(W, m)
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise and normalisation kernels (small: serial)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def rmsnorm(out, x, weight, eps):
+    """out = x / sqrt(mean(x^2) + eps) * weight; all (dim,) float32."""
+    ss = np.float32(0.0)
+    for j in range(x.shape[0]):
+        ss += x[j] * x[j]
+    scale = np.float32(1.0) / np.sqrt(ss / np.float32(x.shape[0]) + np.float32(eps))
+    for j in range(x.shape[0]):
+        out[j] = x[j] * scale * weight[j]
+
+
+@njit(**JIT)
+def rope(x, cos, sin):
+    """Rotate each head of x (heads, head_dim) in place, pairs (2i, 2i+1) by angle i: Meta's form."""
+    for h in range(x.shape[0]):
+        for i in range(cos.shape[0]):
+            a, b = x[h, 2 * i], x[h, 2 * i + 1]
+            x[h, 2 * i] = a * cos[i] - b * sin[i]
+            x[h, 2 * i + 1] = a * sin[i] + b * cos[i]
+
+
+@njit(**JIT)
+def softmax(x):
+    """In place over the whole (n,) vector; the max is subtracted so exp never overflows."""
+    mx = x[0]
+    for j in range(1, x.shape[0]):
+        mx = max(mx, x[j])
+    total = np.float32(0.0)
+    for j in range(x.shape[0]):
+        x[j] = np.exp(x[j] - mx)
+        total += x[j]
+    inv = np.float32(1.0) / total
+    for j in range(x.shape[0]):
+        x[j] *= inv
+
+
+@njit(**JIT)
+def add(out, x):
+    """out += x, the residual connection; any matching shapes."""
+    o, v = out.reshape(-1), x.reshape(-1)
+    for j in range(o.shape[0]):
+        o[j] += v[j]
+
+
+@njit(**JIT)
+def _silu_mul(a, b):
+    return a / (np.float32(1.0) + np.exp(-a)) * b
+
+
+# ---------------------------------------------------------------------------------------
+# Matrix-vector kernels (decode: one token), prange over output rows
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**PJIT)
+def matvec(out, W, m, x):
+    """out (rows,) = W[m] (rows, cols) @ x (cols,)."""
+    for i in prange(out.shape[0]):
+        out[i] = row_dot(W, m, i, x)
+
+
+@njit(**PJIT)
+def matvec_add(out, W, m, x):
+    """out (rows,) += W[m] @ x: the residual add rides along with the matvec."""
+    for i in prange(out.shape[0]):
+        out[i] += row_dot(W, m, i, x)
+
+
+@njit(**PJIT)
+def qkv_matvec(q, k, v, Wq, Wk, Wv, m, x):
+    """q = Wq[m] x, k = Wk[m] x, v = Wv[m] x in one parallel loop (one thread launch, not three)."""
+    nq, nk = q.shape[0], k.shape[0]
+    for i in prange(nq + nk + v.shape[0]):
+        if i < nq:
+            q[i] = row_dot(Wq, m, i, x)
+        elif i < nq + nk:
+            k[i - nq] = row_dot(Wk, m, i - nq, x)
+        else:
+            v[i - nq - nk] = row_dot(Wv, m, i - nq - nk, x)
+
+
+@njit(**PJIT)
+def swiglu_matvec(out, W1, W3, m, x):
+    """out (hidden,) = silu(W1[m] x) * (W3[m] x): SwiGLU's gate and up projections fused."""
+    for i in prange(out.shape[0]):
+        out[i] = _silu_mul(row_dot(W1, m, i, x), row_dot(W3, m, i, x))
+
+
+# ---------------------------------------------------------------------------------------
+# Matrix-matrix kernels (prefill: a batch of tokens)
+# ---------------------------------------------------------------------------------------
+# A block of 4 weight rows (dequantized once, if the format needs it) meets 4 tokens at a
+# time: 16 accumulators, 8 loads per 16 multiply-adds instead of 32, so the loop is bound
+# by arithmetic, not loads, and each weight row is read from memory once per batch.
+
+_STORE, _ADD, _SWIGLU = 0, 1, 2  # epilogues: out = acc, out += acc, out = silu(out) * acc
+
+
+@njit(**JIT)
+def _put(out, t, i, acc, mode):
+    if mode == _STORE:
+        out[t, i] = acc
+    elif mode == _ADD:
+        out[t, i] += acc
+    else:
+        out[t, i] = _silu_mul(out[t, i], acc)
+
+
+@njit(**JIT)
+def _rows_times_batch(out, rows, X, i0, mode):
+    """out[t, i0 + r] <- rows[r] . X[t] for every token t and row r < rows.shape[0] (<= 4)."""
+    T, cols = X.shape
+    nr = rows.shape[0]
+    t = np.int64(0)
+    if nr == 4:
+        while t + 4 <= T:
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
+            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
+            for j in range(cols):
+                w0, w1, w2, w3 = rows[0, j], rows[1, j], rows[2, j], rows[3, j]
+                x0, x1, x2, x3 = X[t, j], X[t + 1, j], X[t + 2, j], X[t + 3, j]
+                a00 += w0 * x0; a01 += w0 * x1; a02 += w0 * x2; a03 += w0 * x3  # noqa: E702
+                a10 += w1 * x0; a11 += w1 * x1; a12 += w1 * x2; a13 += w1 * x3  # noqa: E702
+                a20 += w2 * x0; a21 += w2 * x1; a22 += w2 * x2; a23 += w2 * x3  # noqa: E702
+                a30 += w3 * x0; a31 += w3 * x1; a32 += w3 * x2; a33 += w3 * x3  # noqa: E702
+            _put(out, t, i0, a00, mode); _put(out, t + 1, i0, a01, mode)  # noqa: E702
+            _put(out, t + 2, i0, a02, mode); _put(out, t + 3, i0, a03, mode)  # noqa: E702
+            _put(out, t, i0 + 1, a10, mode); _put(out, t + 1, i0 + 1, a11, mode)  # noqa: E702
+            _put(out, t + 2, i0 + 1, a12, mode); _put(out, t + 3, i0 + 1, a13, mode)  # noqa: E702
+            _put(out, t, i0 + 2, a20, mode); _put(out, t + 1, i0 + 2, a21, mode)  # noqa: E702
+            _put(out, t + 2, i0 + 2, a22, mode); _put(out, t + 3, i0 + 2, a23, mode)  # noqa: E702
+            _put(out, t, i0 + 3, a30, mode); _put(out, t + 1, i0 + 3, a31, mode)  # noqa: E702
+            _put(out, t + 2, i0 + 3, a32, mode); _put(out, t + 3, i0 + 3, a33, mode)  # noqa: E702
+            t += 4
+    for tt in range(t, T):  # leftover tokens, or a block of fewer than 4 rows
+        for r in range(nr):
+            acc = np.float32(0.0)
+            for j in range(cols):
+                acc += rows[r, j] * X[tt, j]
+            _put(out, tt, i0 + r, acc, mode)
+
+
+@njit(**PJIT)
+def _matmul(out, W, m, X, mode):
+    n_rows, cols = out.shape[1], X.shape[1]
+    for b in prange((n_rows + 3) // 4):
+        i0 = 4 * b
+        nr = min(4, n_rows - i0)
+        buf = np.empty((nr, cols), np.float32)  # scratch for formats that dequantize
+        _rows_times_batch(out, load_rows(W, m, i0, nr, buf), X, i0, mode)
+
+
+@njit(**dict(JIT, cache=False))  # calls a parallel kernel: uncached, see PJIT
+def matmul(out, W, m, X):
+    """out (T, rows) = X (T, cols) @ W[m].T."""
+    _matmul(out, W, m, X, np.int64(_STORE))  # np.int64: one compiled _matmul, not one per mode
+
+
+@njit(**dict(JIT, cache=False))  # calls a parallel kernel: uncached, see PJIT
+def matmul_add(out, W, m, X):
+    """out (T, rows) += X @ W[m].T: the residual add."""
+    _matmul(out, W, m, X, np.int64(_ADD))
+
+
+@njit(**dict(JIT, cache=False))  # calls a parallel kernel: uncached, see PJIT
+def swiglu_matmul(out, W1, W3, m, X):
+    """out (T, hidden) = silu(X @ W1[m].T) * (X @ W3[m].T)."""
+    _matmul(out, W1, m, X, np.int64(_STORE))
+    _matmul(out, W3, m, X, np.int64(_SWIGLU))
+
+
+# ---------------------------------------------------------------------------------------
+# Attention over the KV cache, prange over heads
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def _attend(out, q, k_cache, v_cache, kv_head, att, n_keys):
+    """One head: out (head_dim,) = softmax(K q / sqrt(head_dim)) V over keys 0..n_keys-1."""
+    head_dim = q.shape[0]
+    scale = np.float32(1.0 / math.sqrt(head_dim))
+    for t in range(n_keys):
+        s = np.float32(0.0)
+        for j in range(head_dim):
+            s += q[j] * k_cache[t, kv_head, j]
+        att[t] = s * scale
+    softmax(att[:n_keys])
+    for j in range(head_dim):
+        out[j] = 0.0
+    for t in range(n_keys):
+        p = att[t]
+        for j in range(head_dim):
+            out[j] += p * v_cache[t, kv_head, j]
+
+
+@njit(**PJIT)
+def attention(out, q, k_cache, v_cache, att, n_keys):
+    """out, q (n_heads, head_dim); caches (max_seq_len, n_kv_heads, head_dim); att scratch
+    (n_heads, >= n_keys). Query head h reads kv head h // (n_heads // n_kv_heads)."""
+    n_rep = q.shape[0] // k_cache.shape[1]
+    for h in prange(q.shape[0]):
+        _attend(out[h], q[h], k_cache, v_cache, h // n_rep, att[h], n_keys)
+
+
+@njit(**PJIT)
+def attention_prefill(out, q, k_cache, v_cache, att, start_pos):
+    """Causal attention for T queries at positions start_pos..: out, q (T, n_heads, head_dim);
+    query t sees keys 0..start_pos+t of the cache, which already holds this batch's keys."""
+    n_rep = q.shape[1] // k_cache.shape[1]
+    for h in prange(q.shape[1]):
+        for t in range(q.shape[0]):
+            _attend(out[t, h], q[t, h], k_cache, v_cache, h // n_rep, att[h], start_pos + t + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Checked, allocating wrappers (for lessons and tests; the engine calls the kernels above)
+# ---------------------------------------------------------------------------------------
+
+
+def check_f32(**arrays) -> None:
+    """Raise TypeError unless each array is float32 and C-contiguous: the layout the kernels
+    are compiled for (anything else would compile another, slower specialisation, or fail)."""
+    for name, a in arrays.items():
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
+            got = f"{a.dtype}, {a.strides} strides" if isinstance(a, np.ndarray) else type(a).__name__
+            raise TypeError(f"{name} must be a C-contiguous float32 array, got {got}; "
+                            "np.ascontiguousarray(a, dtype=np.float32) makes one")
+
+
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (cols,) or (T, cols) times a float32 matrix w (rows, cols) transposed: (rows,) or (T, rows)."""
+    check_f32(x=x, w=w)
+    if w.ndim != 2 or x.ndim not in (1, 2) or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"need x (cols,) or (T, cols) and w (rows, cols); got {x.shape}, {w.shape}")
+    W = F32Matrix(w[None])  # (1, rows, cols): matrix 0
+    out = np.empty(x.shape[:-1] + (w.shape[0],), np.float32)
+    (matvec if x.ndim == 1 else matmul)(out, W, 0, x)
+    return out
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """RMSNorm of x (dim,) with weight (dim,): a new (dim,) float32 array."""
+    check_f32(x=x, weight=weight)
+    if x.ndim != 1 or weight.shape != x.shape:
+        raise ValueError(f"need x and weight of the same shape (dim,); got {x.shape}, {weight.shape}")
+    out = np.empty_like(x)
+    rmsnorm(out, x, weight, eps)
+    return out
+
+
+def attend(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_keys: int) -> np.ndarray:
+    """One query's attention over cached keys 0..n_keys-1: q (n_heads, head_dim), caches
+    (max_seq_len, n_kv_heads, head_dim) -> (n_heads, head_dim) float32."""
+    check_f32(q=q, k_cache=k_cache, v_cache=v_cache)
+    n_heads, head_dim = q.shape
+    if k_cache.shape != v_cache.shape or k_cache.shape[2] != head_dim or \
+            n_heads % k_cache.shape[1] or not 0 < n_keys <= k_cache.shape[0]:
+        raise ValueError(f"q {q.shape}, caches {k_cache.shape}/{v_cache.shape} and n_keys "
+                         f"{n_keys} do not fit together")
+    out = np.empty_like(q)
+    attention(out, q, k_cache, v_cache, np.empty((n_heads, k_cache.shape[0]), np.float32), n_keys)
+    return out
