@@ -222,12 +222,10 @@ def write_curves(out: Path, history: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: leave a notebook's backend alone
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     steps = [h["step"] for h in history if "train_loss" in h]
     ax.plot(steps, [h["train_loss"] for h in history if "train_loss" in h], label="train", lw=1)
     val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
@@ -237,7 +235,6 @@ def write_curves(out: Path, history: list[dict]) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "loss.png", dpi=100)
-    plt.close(fig)
 
 
 def train(model: Llama, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: TrainConfig,
@@ -260,8 +257,9 @@ def train(model: Llama, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: T
         start, history = load_checkpoint(ckpt, model, opt)
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
-               desc="training")
+    # pass `disable` only to switch the bar off: otherwise tqdm honours TQDM_DISABLE
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="training",
+               **({} if progress else {"disable": True}))
     tokens_per_step = cfg.batch_size * cfg.seq_len
     for step in bar:
         t0 = time.perf_counter()

@@ -15,9 +15,9 @@ def _as_array(x: Any) -> np.ndarray:
     """Return x as a numpy array (torch tensors are detached and moved to the CPU)."""
     if hasattr(x, "detach"):
         x = x.detach().cpu()
-        if x.dtype.is_complex:
-            return x.numpy()
-        return x.float().numpy() if x.dtype.is_floating_point else x.numpy()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()  # numpy has no bfloat16
+        return x.numpy()  # every other dtype keeps its precision
     return np.asarray(x)
 
 
