@@ -37,6 +37,7 @@ from numba import njit
 
 from minillama import kernels as K
 from minillama.config import ModelArgs
+from minillama.generate import generate_ids
 from minillama.kernels import JIT, F32Matrix
 from minillama.rope import precompute_freqs_cis
 
@@ -162,29 +163,6 @@ def forward_prefill(w, s, p, tokens, start_pos, n_heads, eps, all_logits):
 # ---------------------------------------------------------------------------------------
 # Sampling (a stand-in: minillama/generate.py will own temperature / top-k / top-p)
 # ---------------------------------------------------------------------------------------
-
-
-def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
-           rng: np.random.Generator) -> int:
-    """A token id from logits (vocab_size,): argmax at temperature 0, else a draw from the
-    softmax at that temperature restricted to the top_k tokens and the top_p mass."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    if top_k:
-        kth = np.partition(z, -top_k)[-top_k] if top_k < z.size else -np.inf
-        z = np.where(z >= kth, z, -np.inf)
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cum = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cum, top_p)) + 1]  # smallest set reaching top_p
-        kept = np.zeros_like(probs)
-        kept[keep] = probs[keep]
-        probs = kept / kept.sum()
-    cdf = np.cumsum(probs)
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), z.size - 1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,20 +326,14 @@ class Engine:
         if prompt.size + max_new_tokens > self.args.max_seq_len:
             raise ValueError(f"prompt ({prompt.size} tokens) + max_new_tokens ({max_new_tokens}) "
                              f"exceeds max_seq_len {self.args.max_seq_len}")
-        if temperature < 0 or (top_k is not None and top_k < 0) or \
-                (top_p is not None and not 0 < top_p <= 1):
-            raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1; got "
-                             f"{temperature}, {top_k}, {top_p}")
-        self.reset()
-        logits = self.prefill(prompt)
-        rng, stops, out = np.random.default_rng(seed), set(int(s) for s in stop_ids), []
-        for i in range(max_new_tokens):
-            token = sample(logits, temperature, top_k, top_p, rng)
-            if token in stops:
-                break
-            out.append(token)
-            if stream is not None:
-                stream(token)
-            if i + 1 < max_new_tokens:
-                logits = self.step(token)
+        def step(ids: list[int], start_pos: int) -> np.ndarray:
+            if start_pos == 0:
+                self.reset()
+                return self.prefill(ids)
+            return self.step(ids[0])  # generate_ids feeds one token at self.pos
+
+        # the same loop and sampler as the torch backend (minillama.generate)
+        out, _ = generate_ids(step, [int(t) for t in prompt], self.args.max_seq_len,
+                              max_new_tokens, temperature, top_k or 0,
+                              1.0 if top_p is None else top_p, seed, stop_ids, stream)
         return out

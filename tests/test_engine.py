@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from minillama.config import ModelArgs
-from minillama.engine import PREFILL_CHUNK, Engine, sample
+from minillama.engine import PREFILL_CHUNK, Engine
 from minillama.model import KVCache, Llama
 
 LOGITS_ATOL = 5e-5
@@ -205,18 +205,6 @@ def test_bad_tokens_and_weights_are_rejected():
 # --- sampling and generation ----------------------------------------------------------------
 
 
-def test_sample_options():
-    logits = np.array([0.0, 3.0, 1.0, 2.9], np.float32)
-    rng = np.random.default_rng(0)
-    assert sample(logits, 0.0, None, None, rng) == 1
-    assert sample(logits, 1.0, 1, None, rng) == 1  # top-1 is greedy
-    assert sample(logits, 1.0, None, 1e-6, rng) == 1  # the smallest nucleus
-    draws = {sample(logits, 1.0, 2, None, rng) for _ in range(200)}
-    assert draws == {1, 3}  # top-2 never picks the others
-    a = [sample(logits, 2.0, None, None, np.random.default_rng(5)) for _ in range(3)]
-    assert a == [sample(logits, 2.0, None, None, np.random.default_rng(5)) for _ in range(3)]
-
-
 def test_generate_streams_stops_and_is_reproducible():
     model = randomize(Llama(CONFIGS["gqa"]), seed=8)
     engine = Engine.from_model(model)
@@ -226,6 +214,8 @@ def test_generate_streams_stops_and_is_reproducible():
     assert engine.generate([3, 4], 10, temperature=1.0, top_p=0.9, seed=1) == out
     stopped = engine.generate([3, 4], 10, temperature=1.0, top_p=0.9, seed=1, stop_ids=[out[4]])
     assert stopped == out[: out.index(out[4])]
+    with pytest.raises(ValueError, match="top_p must be in"):
+        engine.generate([3, 4], 10, temperature=1.0, top_p=0.0)
 
 
 def test_a_second_process_compiles_nothing():
