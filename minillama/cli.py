@@ -78,6 +78,10 @@ def _generate(args: argparse.Namespace) -> int:
         model, tok = load_model(args.model)
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, truncate=args.truncate)
+        if args.engine == "numba":
+            from minillama.engine import Engine
+
+            kwargs["step"] = Engine.from_model(model).feed
         print(args.prompt, end="", flush=True)
         out = generate(model, tok, args.prompt, stream=lambda s: print(s, end="", flush=True),
                        **kwargs)
@@ -120,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="continue a prompt with a model, streaming the text")
     gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: none, BOS)")
     gen.add_argument("--model", help="a model directory (default: the shipped course model)")
+    gen.add_argument("--engine", choices=["numba", "torch"], default="numba",
+                     help="numba: the jitted CPU engine (default); torch: the lesson-05 model")
     gen.add_argument("--max-new-tokens", type=int, default=200)
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")

@@ -314,6 +314,16 @@ class Engine:
             self.pos += part.size
         return every if all_logits else self.state.logits
 
+    def feed(self, ids: list[int], start_pos: int) -> np.ndarray:
+        """The step function of minillama.generate: a prompt at position 0 (after a reset),
+        else one token at self.pos; returns the last position's logits (vocab_size,)."""
+        if start_pos == 0:
+            self.reset()
+            return self.prefill(ids)
+        if start_pos != self.pos or len(ids) != 1:
+            raise ValueError(f"feed one token at position {self.pos}, got {len(ids)} at {start_pos}")
+        return self.step(ids[0])
+
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop_ids: Sequence[int] = (), stream: Callable[[int], None] | None = None,
@@ -326,14 +336,8 @@ class Engine:
         if prompt.size + max_new_tokens > self.args.max_seq_len:
             raise ValueError(f"prompt ({prompt.size} tokens) + max_new_tokens ({max_new_tokens}) "
                              f"exceeds max_seq_len {self.args.max_seq_len}")
-        def step(ids: list[int], start_pos: int) -> np.ndarray:
-            if start_pos == 0:
-                self.reset()
-                return self.prefill(ids)
-            return self.step(ids[0])  # generate_ids feeds one token at self.pos
-
         # the same loop and sampler as the torch backend (minillama.generate)
-        out, _ = generate_ids(step, [int(t) for t in prompt], self.args.max_seq_len,
+        out, _ = generate_ids(self.feed, [int(t) for t in prompt], self.args.max_seq_len,
                               max_new_tokens, temperature, top_k or 0,
                               1.0 if top_p is None else top_p, seed, stop_ids, stream)
         return out

@@ -184,11 +184,12 @@ def test_cli_streams_the_shipped_models_story_and_rejects_bad_options():
 
     cmd = [sys.executable, "-m", "minillama", "generate", "Once upon a time",
            "--max-new-tokens", "30", "--temperature", "0"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
     model, tok = load_model()
-    expected = generate(model, tok, "Once upon a time", 30, temperature=0)
-    assert r.stdout == "Once upon a time" + expected.text + "\n"
+    expected = generate(model, tok, "Once upon a time", 30, temperature=0)  # torch, no engine
+    for engine in ("numba", "torch"):
+        r = subprocess.run([*cmd, "--engine", engine], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "Once upon a time" + expected.text + "\n"
     for bad, msg in [("--temperature=-1", "temperature must be >= 0"),
                      ("--top-p=0", "top_p must be in (0, 1]"), ("--top-k=-2", "top_k must be")]:
         r = subprocess.run([*cmd[:4], bad], capture_output=True, text=True, timeout=120)
