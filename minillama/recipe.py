@@ -231,6 +231,7 @@ def ship(run_dir: str | Path, dest: str | Path, longer_dir: str | Path | None = 
 def _command(summary: dict) -> str:
     """The recorded command, as a user would type it."""
     cmd = summary["train_config"]["extra"].get("command", "?")
+    cmd = re.sub(r"--out \S*/([^/\s]+)", r"--out runs/\1", cmd)  # no machine paths in the card
     return re.sub(r"^\S*minillama(\.cli)? ", "minillama ", cmd)
 
 
