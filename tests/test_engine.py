@@ -8,7 +8,6 @@ still 1e-5 of the logits' range, far below what any real bug produces (O(0.1)).
 """
 
 import dataclasses
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
@@ -16,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
 import numpy as np
 import pytest
 import torch
+from helpers import randomize
 
 from minillama.config import ModelArgs
 from minillama.engine import PREFILL_CHUNK, Engine
@@ -33,18 +33,6 @@ def tiny(**overrides) -> ModelArgs:
     base = dict(dim=48, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=67, hidden_dim=70,
                 max_seq_len=PREFILL_CHUNK + 40, tie_embeddings=False)
     return ModelArgs(**{**base, **overrides})
-
-
-def randomize(model: Llama, seed: int = 0) -> Llama:
-    """Weights that give O(1) activations and logits, so the tolerance is a strict bound."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1]))
-    return model.eval()
 
 
 CONFIGS = {

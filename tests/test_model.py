@@ -2,7 +2,6 @@
 the parameter count, and the KV cache against full recomputation."""
 
 import dataclasses
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
@@ -10,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomize
 
 from minillama.config import PRESETS, ModelArgs, get_preset
 from minillama.model import (
@@ -33,18 +33,6 @@ def tiny(**overrides) -> ModelArgs:
     base = dict(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, max_seq_len=32,
                 tie_embeddings=False)
     return ModelArgs(**{**base, **overrides})
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights that give O(1) activations and logits, so ATOL is a strict bound."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1]))
-    return model.eval()
 
 
 # --- pieces ------------------------------------------------------------------------------
