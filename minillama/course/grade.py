@@ -178,9 +178,10 @@ def grade_notebook(path: Path, solutions: Path, timeout: float, student: str) ->
         nb_path = Path(tmp) / f"{sol_path.stem}.ipynb"
         write_notebook(merged, nb_path)
         cells, fatal = run_nbval(nb_path, timeout)
-    rows = []
+    rows, graded = [], set()  # graded: the exercise and check cells' ids
     for ex in exercises(solution):
         row = Result(student, path.name, sol_path.stem, ex["id"], ex["points"], True, "")
+        graded.update([ex["cell_id"], *ex["checks"]])
         for cid in [ex["cell_id"], *ex["checks"]]:
             ok, reason = cells.get(code_num[cid], (False, fatal or "not run"))
             if not ok:
@@ -190,16 +191,12 @@ def grade_notebook(path: Path, solutions: Path, timeout: float, student: str) ->
             row.passed, row.reason = False, problems[ex["id"]]
         rows.append(row)
     others = [n for cid, n in code_num.items()
-              if n in cells and not cells[n][0] and not _graded_cell(solution, cid)]
+              if n in cells and not cells[n][0] and cid not in graded]
     if others or (fatal and not rows):
         reason = cells[others[0]][1] if others else fatal
         rows.append(Result(student, path.name, sol_path.stem, "(other cells)", 0, False,
                            f"{len(others)} non-exercise cell(s) failed, first: {reason}"))
     return rows
-
-
-def _graded_cell(solution, cell_id) -> bool:
-    return any(cell_id == ex["cell_id"] or cell_id in ex["checks"] for ex in exercises(solution))
 
 
 def collect(paths: list[Path]) -> list[tuple[str, Path]]:
