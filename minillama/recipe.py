@@ -204,10 +204,12 @@ def ship(run_dir: str | Path, dest: str | Path, longer_dir: str | Path | None = 
                             seed=i).text for i, p in enumerate(SHIP_PROMPTS)]
     size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
     val = summary["final_val_loss"]
+    resumed = "--resume" in summary["train_config"]["extra"].get("command", "")
     card = MODEL_CARD.format(
         command=_command(summary), params=summary["parameters"],
-        steps=summary["steps"], tokens=summary["tokens_seen"], minutes=summary["total_seconds"] / 60,
-        threads=summary["threads"], val=val, val_ppl=math.exp(val), test=test_loss,
+        steps=summary["steps"], tokens=summary["tokens_seen"], minutes=_step_seconds(run_dir) / 60,
+        threads=summary["threads"], resumed=" (stopped and resumed; this is the last session's "
+        "thread count)" if resumed else "", val=val, val_ppl=math.exp(val), test=test_loss,
         test_ppl=math.exp(test_loss), size=size,
         samples="\n\n".join(f"> {s}" for s in samples))
     record = {
@@ -228,9 +230,21 @@ def ship(run_dir: str | Path, dest: str | Path, longer_dir: str | Path | None = 
     print(card)
 
 
+def _step_seconds(run_dir: Path) -> float:
+    """Seconds spent in training steps over every session of a run, from loss.csv's
+    per-step tokens/s (evaluations and start-up not counted)."""
+    import csv
+
+    with open(run_dir / "loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tokens = json.loads((run_dir / "summary.json").read_text())["tokens_seen"] / len(rows)
+    return sum(tokens / float(r["tokens_per_s"]) for r in rows)
+
+
 def _command(summary: dict) -> str:
-    """The recorded command, as a user would type it."""
-    cmd = summary["train_config"]["extra"].get("command", "?")
+    """The recorded command, as a user would type it (a resumed run: the command that
+    makes the same run in one go)."""
+    cmd = summary["train_config"]["extra"].get("command", "?").replace(" --resume", "")
     cmd = re.sub(r"--out \S*/([^/\s]+)", r"--out runs/\1", cmd)  # no machine paths in the card
     return re.sub(r"^\S*minillama(\.cli)? ", "minillama ", cmd)
 
@@ -243,7 +257,8 @@ generated children's stories, with the course's own BPE tokenizer.
 
 - Command: `{command}`
 - Shipped with: `python -m minillama.recipe ship RUN_DIR minillama/assets/course [RUN_2X_DIR]`
-- Training: {steps} steps, {tokens:,} tokens seen, {minutes:.0f} min on {threads} CPU thread(s)
+- Training: {steps} steps, {tokens:,} tokens seen, {minutes:.0f} min of training steps on
+  {threads} CPU thread(s){resumed}
   (bfloat16 autocast on a CPU with AMX; weights and optimizer state in float32)
 - Validation loss at the end: {val:.3f} nats/token (perplexity {val_ppl:.2f})
 - Test split, on the shipped weights: loss {test:.3f} (perplexity {test_ppl:.2f})

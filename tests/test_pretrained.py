@@ -101,8 +101,6 @@ def test_sentences_end_in_punctuation(stories):
     assert ended > 0.95, f"only {ended:.1%} of {len(sentences)} sentences end in punctuation"
 
 
-@pytest.mark.xfail(strict=True, reason="the 1200-step model keeps the name in 8 of 10 stories; "
-                   "the longer run of issue 5 is meant to close the gap")
 def test_a_story_keeps_its_main_character(stories):
     kept = [p.split(", ")[1] in g.text for p, g in stories]
     assert sum(kept) >= 9, f"the name comes back in only {sum(kept)} of {len(kept)} stories"
