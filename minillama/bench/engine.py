@@ -10,9 +10,11 @@ pools start at the right size and peak memory (max RSS) is its own:
 
 Decode is tokens/s over --tokens positions from an empty cache (median of --runs runs);
 prefill is a --tokens prompt in one batched pass. The bandwidth ceiling is bytes of
-weights read per token divided by a copy bandwidth measured at that thread count (a
-256 MB numpy copy at 1 thread, a prange copy kernel above), counted as bytes copied per
-second. Timings on a shared machine are noisy: the load average is printed with them.
+weights read per token divided by the read bandwidth measured at that thread count (row
+sums over 256 MB, see `memory_bandwidth`): a decode step only reads its weights, so
+reading is the bound. The copy bandwidth (bytes copied per second) is printed beside it;
+it is lower, and a ceiling made from it would be too easy to reach. Timings on a shared
+machine are noisy: the load average is printed with them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,57 @@ import numpy as np
 SHAPES = ("stories15M", "stories42M", "stories110M")
 # llama2.c run.c (-Ofast -march=native, OpenMP) on these machines, from issue 6: 1 / 2 threads
 C_TOK_S = {"stories15M": (210, 665), "stories110M": (33, 55)}
+
+
+# ---------------------------------------------------------------------------------------
+# Memory bandwidth (also used by lesson 09)
+# ---------------------------------------------------------------------------------------
+
+
+def memory_bandwidth(n_bytes: int = 2**28, runs: int = 5) -> tuple[float, float]:
+    """(read, copy) bandwidth in bytes/s over an n_bytes float32 array at the current Numba
+    thread count, best of `runs`. Read sums each 4 KB row in a prange over rows: the access
+    pattern of a decode matvec, with nothing to multiply. (A flat sum split into 64 chunks
+    measured 12 / 22 GB/s at 1 / 2 threads against 18 / 35 for this, and numpy's sum 16 on
+    one thread: the ceiling is only honest if the read kernel is the fastest we have.) Copy
+    counts bytes copied. Make n_bytes far bigger than the CPU's caches."""
+    from numba import njit, prange
+
+    from minillama.kernels import FASTMATH
+
+    @njit(parallel=True, fastmath=FASTMATH)
+    def row_sums(a):  # a decode matvec without the multiply: each row summed, prange over rows
+        out = np.empty(a.shape[0], np.float32)
+        for i in prange(a.shape[0]):
+            acc = np.float32(0.0)
+            for j in range(a.shape[1]):
+                acc += a[i, j]
+            out[i] = acc
+        return out
+
+    @njit(parallel=True)
+    def pcopy(dst, src):  # a slice per block of rows: a memcpy each
+        n = src.shape[0]
+        chunk = (n + 63) // 64
+        for c in prange(64):
+            dst[c * chunk:min(n, (c + 1) * chunk)] = src[c * chunk:min(n, (c + 1) * chunk)]
+
+    src = np.ones((n_bytes // 4096, 1024), np.float32)  # rows of 4 KB
+    dst = np.empty_like(src)
+
+    def best(fn) -> float:
+        fn()  # compiles, and touches every page
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return src.nbytes / min(times)
+
+    import numba
+
+    copy = (lambda: np.copyto(dst, src)) if numba.get_num_threads() == 1 else (lambda: pcopy(dst, src))
+    return best(lambda: row_sums(src)), best(copy)
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,27 +238,8 @@ def _worker_numpy(args, n_tokens: int, runs: int) -> dict:
 
 
 def _worker_bandwidth(args, n_tokens: int, runs: int) -> dict:
-    """Copy bandwidth, bytes copied per second, of a 256 MB float32 array (min of runs)."""
-    import numba
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=True)
-    def pcopy(dst, src):
-        n = src.shape[0]
-        chunk = (n + 63) // 64
-        for c in prange(64):
-            dst[c * chunk:min(n, (c + 1) * chunk)] = src[c * chunk:min(n, (c + 1) * chunk)]
-
-    src = np.ones(64 * 2**20, np.float32)
-    dst = np.empty_like(src)
-    copy = (lambda: np.copyto(dst, src)) if numba.get_num_threads() == 1 else (lambda: pcopy(dst, src))
-    copy()
-    times = []
-    for _ in range(max(runs, 5)):
-        t0 = time.perf_counter()
-        copy()
-        times.append(time.perf_counter() - t0)
-    return dict(copy_gbs=src.nbytes / min(times) / 1e9)
+    read, copy = memory_bandwidth(runs=max(runs, 5))
+    return dict(read_gbs=read / 1e9, copy_gbs=copy / 1e9)
 
 
 def _worker_profile(args, n_tokens: int, runs: int) -> dict:
@@ -268,10 +302,9 @@ WORKERS = {"engine": _worker_engine, "torch": _worker_torch, "numpy": _worker_nu
 
 
 def _run_worker(what: str, shape: str, threads: int, n_tokens: int, runs: int) -> dict:
-    # every implementation gets the same OpenMP wait policy as the engine (see kernels.py)
+    # every implementation gets the same OpenMP spin setting (see minillama/__init__.py)
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "minillama.bench.engine", "--worker", what, "--shapes", shape,
            "--threads", str(threads), "--tokens", str(n_tokens), "--runs", str(runs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -311,9 +344,9 @@ def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str
     args = get_preset(shape)
     r = {w: _run_worker(w, shape, threads, n_tokens, runs) for w in ["bandwidth", "engine", *baselines]}
     decode = {w: _median(r[w]["decode"]) for w in ["engine", *baselines]}
-    ceiling = r["bandwidth"]["copy_gbs"] * 1e9 / weight_bytes_per_token(args)
+    ceiling = r["bandwidth"]["read_gbs"] * 1e9 / weight_bytes_per_token(args)
     return dict(shape=shape, threads=threads, decode=decode, ceiling=ceiling,
-                bandwidth=r["bandwidth"]["copy_gbs"],
+                bandwidth=r["bandwidth"]["read_gbs"], copy=r["bandwidth"]["copy_gbs"],
                 prefill=_median(r["engine"]["prefill"]),
                 torch_prefill=_median(r["torch"]["prefill"]) if "torch" in r else float("nan"),
                 outside=r["engine"]["outside_fraction"], first_call=r["engine"]["first_call_s"],
@@ -323,7 +356,7 @@ def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str
 
 def _print_table(rows: list[dict], baselines: list[str]) -> None:
     head = ["shape", "thr", "engine tok/s (min-max)"] + [f"{b} tok/s" for b in baselines]
-    head += [f"x {b}" for b in baselines] + ["C tok/s", "ceiling", "% ceil", "GB/s",
+    head += [f"x {b}" for b in baselines] + ["C tok/s", "ceiling", "% ceil", "read GB/s", "copy GB/s",
                                               "prefill tok/s", "pf/dec", "torch pf", "outside",
                                               "peak MB"]
     lines = [head]
@@ -335,7 +368,7 @@ def _print_table(rows: list[dict], baselines: list[str]) -> None:
             + [f"{r['decode'][b]:.1f}" for b in baselines]
             + [f"{e / r['decode'][b]:.2f}" for b in baselines]
             + [str(c) if c else "-", f"{r['ceiling']:.0f}", f"{100 * e / r['ceiling']:.0f}%",
-               f"{r['bandwidth']:.1f}", f"{r['prefill']:.0f}", f"{r['prefill'] / e:.1f}",
+               f"{r['bandwidth']:.1f}", f"{r['copy']:.1f}", f"{r['prefill']:.0f}", f"{r['prefill'] / e:.1f}",
                f"{r['torch_prefill']:.0f}", f"{100 * r['outside']:.1f}%",
                "/".join(f"{r['peak'][w]:.0f}" for w in r["peak"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -346,7 +379,7 @@ def _print_table(rows: list[dict], baselines: list[str]) -> None:
     print("\npf/dec: engine prefill tok/s over engine decode tok/s; torch pf: torch prefill tok/s.")
     print(f"peak MB: max RSS of each process ({'/'.join(['engine', *baselines])}), "
           "Python and imports included; C tok/s: from issue 6, not measured here;\n"
-          "ceiling: copy bandwidth (GB/s column) / weight bytes per token; outside: share of "
+          "ceiling: read bandwidth (read GB/s) / weight bytes per token; outside: share of "
           "a decode token spent outside the jitted step.")
 
 
@@ -395,9 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in opts.threads.split(",")]
     if opts.profile:
         return _profile(shapes, threads, opts.tokens, opts.runs)
-    print(f"decode {opts.tokens} tokens, median of {opts.runs} runs; OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}; load average before: "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
+    env = {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    print(f"decode {opts.tokens} tokens, median of {opts.runs} runs; {env}; load average "
+          f"before: {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for shape in shapes:
         for n in threads:
