@@ -15,8 +15,9 @@ chunk instead of once per token.
 How quantized weights plug in (the next issue): each of the eight matrix kinds (wq wk wv
 wo w1 w2 w3 output) is its own field of `Weights`, holding a format NamedTuple from
 `minillama.kernels` (today `F32Matrix(w)` with w (n_layers, rows, cols)). The kernels
-reach a matrix only through `row_dot` (decode) and `load_rows` (prefill), which dispatch
-on the format's class at compile time. A Q8_0, Q4_0 or NF4 matrix is another NamedTuple
+reach a matrix only through `row_dot` / `row_dot2` (decode; a format may leave out
+`row_dot2`) and `load_rows` (prefill), which dispatch on the format's class at compile
+time. A Q8_0, Q4_0 or NF4 matrix is another NamedTuple
 (say `Q8Matrix(qs, scales)`) registered with `kernels.register_format`; putting one in
 any field of `Weights` makes Numba compile a specialisation of the same `forward_step`
 for that mix of formats. Nothing here changes: not the step, not the kernel calls (see
