@@ -207,7 +207,7 @@ def ship(run_dir: str | Path, dest: str | Path, longer_dir: str | Path | None = 
     resumed = "--resume" in summary["train_config"]["extra"].get("command", "")
     card = MODEL_CARD.format(
         command=_command(summary), params=summary["parameters"],
-        steps=summary["steps"], tokens=summary["tokens_seen"], minutes=_step_seconds(run_dir) / 60,
+        steps=summary["steps"], tokens=summary["tokens_seen"], minutes=_step_seconds(run_dir, summary) / 60,
         threads=summary["threads"], resumed=" (stopped and resumed; this is the last session's "
         "thread count)" if resumed else "", val=val, val_ppl=math.exp(val), test=test_loss,
         test_ppl=math.exp(test_loss), size=size,
@@ -230,14 +230,14 @@ def ship(run_dir: str | Path, dest: str | Path, longer_dir: str | Path | None = 
     print(card)
 
 
-def _step_seconds(run_dir: Path) -> float:
+def _step_seconds(run_dir: Path, summary: dict) -> float:
     """Seconds spent in training steps over every session of a run, from loss.csv's
     per-step tokens/s (evaluations and start-up not counted)."""
     import csv
 
     with open(run_dir / "loss.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    tokens = json.loads((run_dir / "summary.json").read_text())["tokens_seen"] / len(rows)
+    tokens = summary["tokens_seen"] / summary["steps"]  # one loss.csv row per step
     return sum(tokens / float(r["tokens_per_s"]) for r in rows)
 
 

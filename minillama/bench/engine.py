@@ -47,6 +47,7 @@ def memory_bandwidth(n_bytes: int = 2**28, runs: int = 5) -> tuple[float, float]
     measured 12 / 22 GB/s at 1 / 2 threads against 18 / 35 for this, and numpy's sum 16 on
     one thread: the ceiling is only honest if the read kernel is the fastest we have.) Copy
     counts bytes copied. Make n_bytes far bigger than the CPU's caches."""
+    import numba
     from numba import njit, prange
 
     from minillama.kernels import FASTMATH
@@ -79,8 +80,6 @@ def memory_bandwidth(n_bytes: int = 2**28, runs: int = 5) -> tuple[float, float]
             fn()
             times.append(time.perf_counter() - t0)
         return src.nbytes / min(times)
-
-    import numba
 
     copy = (lambda: np.copyto(dst, src)) if numba.get_num_threads() == 1 else (lambda: pcopy(dst, src))
     return best(lambda: row_sums(src)), best(copy)
@@ -207,31 +206,44 @@ def _worker_torch(args, n_tokens: int, runs: int) -> dict:
     return dict(decode=decode, prefill=prefill)
 
 
+def _call(name, fn, *args):
+    return fn(*args)
+
+
+def python_step(kernels, w, s, token, pos, n_heads, eps, call=_call):
+    """engine.forward_step, line for line, in Python with the kernels of module `kernels`:
+    the NumPy twins (the numpy baseline), or the Numba kernels called one at a time (the
+    profile, whose `call(name, fn, *args)` times each). Returns the logits (vocab_size,)."""
+    x, xb = s.x, s.xb
+    hd = s.key_cache.shape[3]
+    x[:] = w.tok_embeddings[token]
+    q, out = s.q.reshape(n_heads, hd), xb.reshape(n_heads, hd)
+    for l in range(w.attention_norm.shape[0]):
+        call("rmsnorm", kernels.rmsnorm, xb, x, w.attention_norm[l], eps)
+        k, v = s.key_cache[l, pos], s.value_cache[l, pos]
+        call("qkv matvec", kernels.qkv_matvec, s.q, k.reshape(-1), v.reshape(-1), w.wq, w.wk, w.wv,
+             l, xb)
+        call("rope", kernels.rope, q, s.cos[pos], s.sin[pos])
+        call("rope", kernels.rope, k, s.cos[pos], s.sin[pos])
+        call("attention", kernels.attention, out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
+        call("wo matvec+add", kernels.matvec_add, x, w.wo, l, xb)
+        call("rmsnorm", kernels.rmsnorm, xb, x, w.ffn_norm[l], eps)
+        call("w1/w3 swiglu", kernels.swiglu_matvec, s.hb, w.w1, w.w3, l, xb)
+        call("w2 matvec+add", kernels.matvec_add, x, w.w2, l, s.hb)
+    call("rmsnorm", kernels.rmsnorm, xb, x, w.norm, eps)
+    call("classifier", kernels.matvec, s.logits, w.output, np.int64(0), xb)
+    return s.logits
+
+
 def _worker_numpy(args, n_tokens: int, runs: int) -> dict:
     from minillama import kernels_ref as R
     from minillama.engine import Engine
 
     engine = Engine.from_state_dict(args, _random_state_dict(args))
-    w, s, nh, hd = engine.weights, engine.state, args.n_heads, args.head_dim
+    w, s = engine.weights, engine.state
 
-    def step(token, pos):  # forward_step, line for line, with the NumPy twins
-        x, xb = s.x, s.xb
-        x[:] = w.tok_embeddings[token]
-        q, out = s.q.reshape(nh, hd), xb.reshape(nh, hd)
-        for l in range(args.n_layers):
-            R.rmsnorm(xb, x, w.attention_norm[l], args.norm_eps)
-            k, v = s.key_cache[l, pos], s.value_cache[l, pos]
-            R.qkv_matvec(s.q, k.reshape(-1), v.reshape(-1), w.wq, w.wk, w.wv, l, xb)
-            R.rope(q, s.cos[pos], s.sin[pos])
-            R.rope(k, s.cos[pos], s.sin[pos])
-            R.attention(out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
-            R.matvec_add(x, w.wo, l, xb)
-            R.rmsnorm(xb, x, w.ffn_norm[l], args.norm_eps)
-            R.swiglu_matvec(s.hb, w.w1, w.w3, l, xb)
-            R.matvec_add(x, w.w2, l, s.hb)
-        R.rmsnorm(xb, x, w.norm, args.norm_eps)
-        R.matvec(s.logits, w.output, 0, xb)
-        return s.logits
+    def step(token, pos):
+        return python_step(R, w, s, token, pos, args.n_heads, args.norm_eps)
 
     decode = _decode_runs(step, lambda: None, n_tokens, runs)
     return dict(decode=decode, prefill=[])
@@ -252,8 +264,7 @@ def _worker_profile(args, n_tokens: int, runs: int) -> dict:
     from minillama.kernels import JIT
 
     engine = Engine.from_state_dict(args, _random_state_dict(args))
-    w, s, nh, hd, eps = engine.weights, engine.state, args.n_heads, args.head_dim, args.norm_eps
-    x, xb, q, out = s.x, s.xb, s.q.reshape(nh, hd), s.xb.reshape(nh, hd)
+    w, s, nh, eps = engine.weights, engine.state, args.n_heads, args.norm_eps
 
     @njit(**dict(JIT, cache=False))
     def noop(a, b, c, d):
@@ -264,32 +275,19 @@ def _worker_profile(args, n_tokens: int, runs: int) -> dict:
         fn(*a)
         spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0 - overhead
 
-    noop(w.wq, s.q, 0, xb)  # compile it first
+    noop(w.wq, s.q, 0, s.xb)  # compile it first
     calls = []
     for _ in range(200):
         t0 = time.perf_counter()
-        noop(w.wq, s.q, 0, xb)
+        noop(w.wq, s.q, 0, s.xb)
         calls.append(time.perf_counter() - t0)
     spent, overhead = {}, statistics.median(calls)
-    for pos in range(n_tokens):  # warm-up pass compiles; the second pass is timed
+    for pos in range(n_tokens):  # the first token compiles the kernels: not counted
         if pos == 1:
             spent = {}
-        engine.reset()
-        x[:] = w.tok_embeddings[1]
-        for l in range(args.n_layers):
-            timed("rmsnorm", K.rmsnorm, xb, x, w.attention_norm[l], eps)
-            k, v = s.key_cache[l, pos], s.value_cache[l, pos]
-            timed("qkv matvec", K.qkv_matvec, s.q, k.reshape(-1), v.reshape(-1), w.wq, w.wk, w.wv, l, xb)
-            timed("rope", K.rope, q, s.cos[pos], s.sin[pos])
-            timed("rope", K.rope, k, s.cos[pos], s.sin[pos])
-            timed("attention", K.attention, out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
-            timed("wo matvec+add", K.matvec_add, x, w.wo, l, xb)
-            timed("rmsnorm", K.rmsnorm, xb, x, w.ffn_norm[l], eps)
-            timed("w1/w3 swiglu", K.swiglu_matvec, s.hb, w.w1, w.w3, l, xb)
-            timed("w2 matvec+add", K.matvec_add, x, w.w2, l, s.hb)
-        timed("rmsnorm", K.rmsnorm, xb, x, w.norm, eps)
-        timed("classifier", K.matvec, s.logits, w.output, np.int64(0), xb)
+        python_step(K, w, s, 1, pos, nh, eps, call=timed)
     per_token_us = {k: 1e6 * v / (n_tokens - 1) for k, v in spent.items()}
+    forward_step(w, s, 1, 0, nh, eps)  # compile, or load from the cache, before timing
     t0 = time.perf_counter()
     for pos in range(n_tokens):
         forward_step(w, s, 1, pos, nh, eps)
