@@ -66,25 +66,22 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-
     from minillama.generate import check_sampling, generate
     from minillama.pretrained import load_model
 
-    # one token at a time through a small model is latency-bound: extra threads only wait
-    torch.set_num_threads(1)
+    if args.engine == "torch":
+        import torch
+
+        torch.set_num_threads(1)  # one token at a time through a small model: threads only wait
     try:
         check_sampling(args.temperature, args.top_k, args.top_p)
-        model, tok = load_model(args.model)
-        kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, truncate=args.truncate)
-        if args.engine == "numba":
-            from minillama.engine import Engine
-
-            kwargs["step"] = Engine.from_model(model).feed
+        # numba: the engine reads the safetensors itself and torch is never imported, so
+        # the first token comes quickly; torch: the lesson-05 model
+        model, tok = load_model(args.model, engine=args.engine)
         print(args.prompt, end="", flush=True)
         out = generate(model, tok, args.prompt, stream=lambda s: print(s, end="", flush=True),
-                       **kwargs)
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, truncate=args.truncate)
     except (ValueError, FileNotFoundError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2

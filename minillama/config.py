@@ -148,6 +148,27 @@ class ModelArgs:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
 
+def weight_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Every weight's Meta name and shape, in Meta's order; no output.weight when tied."""
+    dim, hd, hidden = args.dim, args.head_dim, args.ffn_hidden_dim
+    layer = {  # per-layer name -> shape
+        "attention.wq.weight": (args.n_heads * hd, dim),
+        "attention.wk.weight": (args.n_kv_heads * hd, dim),
+        "attention.wv.weight": (args.n_kv_heads * hd, dim),
+        "attention.wo.weight": (dim, args.n_heads * hd),
+        "feed_forward.w1.weight": (hidden, dim), "feed_forward.w2.weight": (dim, hidden),
+        "feed_forward.w3.weight": (hidden, dim),
+        "attention_norm.weight": (dim,), "ffn_norm.weight": (dim,),
+    }
+    shapes = {"tok_embeddings.weight": (args.vocab_size, dim)}
+    for l in range(args.n_layers):
+        shapes.update({f"layers.{l}.{k}": v for k, v in layer.items()})
+    shapes["norm.weight"] = (dim,)
+    if not args.tie_embeddings:
+        shapes["output.weight"] = (args.vocab_size, dim)
+    return shapes
+
+
 def _check_int(name: str, value: object, owner: object) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")

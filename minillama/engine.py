@@ -15,9 +15,8 @@ chunk instead of once per token.
 How quantized weights plug in (the next issue): each of the eight matrix kinds (wq wk wv
 wo w1 w2 w3 output) is its own field of `Weights`, holding a format NamedTuple from
 `minillama.kernels` (today `F32Matrix(w)` with w (n_layers, rows, cols)). The kernels
-reach a matrix only through `row_dot` / `row_dot2` (decode; a format may leave out
-`row_dot2`) and `load_rows` (prefill), which dispatch on the format's class at compile
-time. A Q8_0, Q4_0 or NF4 matrix is another NamedTuple
+reach a matrix only through `row_dot` (decode) and `load_rows` (prefill), which dispatch
+on the format's class at compile time. A Q8_0, Q4_0 or NF4 matrix is another NamedTuple
 (say `Q8Matrix(qs, scales)`) registered with `kernels.register_format`; putting one in
 any field of `Weights` makes Numba compile a specialisation of the same `forward_step`
 for that mix of formats. Nothing here changes: not the step, not the kernel calls (see
@@ -37,10 +36,10 @@ import numpy as np
 from numba import njit
 
 from minillama import kernels as K
-from minillama.config import ModelArgs
+from minillama.config import ModelArgs, weight_shapes
 from minillama.generate import generate_ids
 from minillama.kernels import JIT, F32Matrix
-from minillama.rope import precompute_freqs_cis
+from minillama.rope import rope_table
 
 PREFILL_CHUNK = 256  # tokens per prefill call: the chunk's activations stay in L2 (< 4 MB)
 
@@ -166,30 +165,18 @@ def forward_prefill(w, s, p, tokens, start_pos, n_heads, eps, all_logits):
 # ---------------------------------------------------------------------------------------
 
 
-def _f32(t) -> np.ndarray:
-    """A float32 C-contiguous copy: the engine never shares memory with the model."""
-    if hasattr(t, "detach"):  # a torch tensor, any dtype or device
-        t = t.detach().float().cpu().numpy()
-    return np.array(t, dtype=np.float32, order="C", copy=True)
+def _numpy(t) -> np.ndarray:
+    """A NumPy view of a torch tensor (any dtype or device; float32 if NumPy lacks it), or t."""
+    if hasattr(t, "detach"):  # torch, imported only by whoever made the tensor
+        t = t.detach().cpu()
+        return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
+    return np.asarray(t)
 
 
 def weights_from_state_dict(args: ModelArgs, sd) -> Weights:
-    """Meta-named tensors (torch or numpy) -> Weights, checking every name and shape."""
-    dim, hd, hidden = args.dim, args.head_dim, args.ffn_hidden_dim
-    layer_shapes = {  # per-layer name -> shape
-        "attention_norm.weight": (dim,), "ffn_norm.weight": (dim,),
-        "attention.wq.weight": (args.n_heads * hd, dim),
-        "attention.wk.weight": (args.n_kv_heads * hd, dim),
-        "attention.wv.weight": (args.n_kv_heads * hd, dim),
-        "attention.wo.weight": (dim, args.n_heads * hd),
-        "feed_forward.w1.weight": (hidden, dim), "feed_forward.w2.weight": (dim, hidden),
-        "feed_forward.w3.weight": (hidden, dim),
-    }
-    shapes = {"tok_embeddings.weight": (args.vocab_size, dim), "norm.weight": (dim,)}
-    if not args.tie_embeddings:
-        shapes["output.weight"] = (args.vocab_size, dim)
-    for l in range(args.n_layers):
-        shapes.update({f"layers.{l}.{k}": v for k, v in layer_shapes.items()})
+    """Meta-named tensors (torch or NumPy, any float dtype) -> Weights: float32 copies,
+    matrices stacked over layers, every name and shape checked against args."""
+    shapes = weight_shapes(args)
     optional = {"output.weight"} if args.tie_embeddings else set()  # tied: the same tensor
     unknown = set(sd) - set(shapes) - optional
     missing = set(shapes) - set(sd)
@@ -200,24 +187,26 @@ def weights_from_state_dict(args: ModelArgs, sd) -> Weights:
         if tuple(sd[name].shape) != shape:
             raise ValueError(f"{name} has shape {tuple(sd[name].shape)}, expected {shape}")
 
-    def stack(name: str) -> np.ndarray:  # (n_layers, ...) contiguous float32
-        return np.stack([_f32(sd[f"layers.{l}.{name}"]) for l in range(args.n_layers)])
+    def f32(name: str) -> np.ndarray:  # a float32 C-contiguous copy: never the caller's memory
+        return np.array(_numpy(sd[name]), dtype=np.float32, order="C")
 
-    emb = _f32(sd["tok_embeddings.weight"])
-    output = emb if args.tie_embeddings else _f32(sd["output.weight"])
+    def stack(name: str) -> np.ndarray:  # (n_layers, ...): each layer converted straight in
+        first = shapes[f"layers.0.{name}"]
+        out = np.empty((args.n_layers, *first), np.float32)
+        for l in range(args.n_layers):
+            out[l] = _numpy(sd[f"layers.{l}.{name}"])
+        return out
+
+    emb = f32("tok_embeddings.weight")
+    output = emb if args.tie_embeddings else f32("output.weight")
     return Weights(
         tok_embeddings=emb, attention_norm=stack("attention_norm.weight"),
-        ffn_norm=stack("ffn_norm.weight"), norm=_f32(sd["norm.weight"]),
+        ffn_norm=stack("ffn_norm.weight"), norm=f32("norm.weight"),
         wq=F32Matrix(stack("attention.wq.weight")), wk=F32Matrix(stack("attention.wk.weight")),
         wv=F32Matrix(stack("attention.wv.weight")), wo=F32Matrix(stack("attention.wo.weight")),
         w1=F32Matrix(stack("feed_forward.w1.weight")), w2=F32Matrix(stack("feed_forward.w2.weight")),
         w3=F32Matrix(stack("feed_forward.w3.weight")), output=F32Matrix(output[None]),
     )
-
-
-def _rope_table(args: ModelArgs, end: int) -> tuple[np.ndarray, np.ndarray]:
-    fc = precompute_freqs_cis(args.head_dim, end, args.rope_theta, args.rope_scaling).numpy()
-    return np.ascontiguousarray(fc.real), np.ascontiguousarray(fc.imag)  # (end, hd // 2) each
 
 
 class Engine:
@@ -226,7 +215,7 @@ class Engine:
     def __init__(self, args: ModelArgs, weights: Weights):
         self.args, self.weights = args, weights
         L, S, hd = args.n_layers, args.max_seq_len, args.head_dim
-        cos, sin = _rope_table(args, S)
+        cos, sin = rope_table(args.head_dim, S, args.rope_theta, args.rope_scaling)
         cache_shape = (L, S, args.n_kv_heads, hd)
         self.state = RunState(
             x=np.zeros(args.dim, np.float32), xb=np.zeros(args.dim, np.float32),
@@ -251,10 +240,12 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Engine:
-        """Load a directory `Llama.from_pretrained` loads (transformers' format)."""
-        from minillama.model import Llama
+        """Load a directory `Llama.from_pretrained` loads (transformers' format), straight
+        from its safetensors into NumPy: torch is never imported."""
+        from minillama.formats.hf import read_hf_config, read_hf_state_dict
 
-        return cls.from_model(Llama.from_pretrained(path))
+        args = read_hf_config(path)
+        return cls(args, weights_from_state_dict(args, read_hf_state_dict(path, args)))
 
     def reset(self) -> None:
         """Forget the KV cache: the next token goes to position 0."""
@@ -272,7 +263,7 @@ class Engine:
             raise ValueError(f"positions {self.pos}..{end - 1} go past max_seq_len "
                              f"{a.max_seq_len}; call reset() or use a shorter input")
         if self._dynamic:  # what Llama.rope_table does: this call's length sets the base
-            cos, sin = _rope_table(a, end)
+            cos, sin = rope_table(a.head_dim, end, a.rope_theta, a.rope_scaling)
             self.state.cos[self.pos:end], self.state.sin[self.pos:end] = (
                 cos[self.pos:end], sin[self.pos:end])
 

@@ -196,8 +196,9 @@ def generate(model, tokenizer, prompt: str = "", max_new_tokens: int = 200,
              truncate: bool = False, step=None) -> Generation:
     """Continue prompt with the model: sample up to max_new_tokens, stop at EOS.
 
-    stream, if given, receives text as soon as it is complete. `step` overrides the backend
-    (see generate_ids); the default runs the torch model with a KV cache.
+    model is a torch `Llama` or an `Engine` (anything with `.args`; an Engine's `feed` is
+    its step). stream, if given, receives text as soon as it is complete. `step` overrides
+    the backend (see generate_ids); a Llama's default is the torch model with a KV cache.
     """
     max_seq_len = model.args.max_seq_len
     if tokenizer.vocab_size != model.args.vocab_size:
@@ -212,7 +213,8 @@ def generate(model, tokenizer, prompt: str = "", max_new_tokens: int = 200,
             if piece := decoder.push(t):
                 stream(piece)
 
-    ids, reason = generate_ids(step or torch_step(model), prompt_ids, max_seq_len,
+    step = step or getattr(model, "feed", None) or torch_step(model)
+    ids, reason = generate_ids(step, prompt_ids, max_seq_len,
                                max_new_tokens, temperature, top_k, top_p, seed, stops, on_token)
     if stream is not None and (rest := decoder.flush()):
         stream(rest)

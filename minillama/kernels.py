@@ -1,6 +1,6 @@
 """Numba kernels for CPU inference, each with a NumPy twin in `minillama/kernels_ref.py`.
 
-    matvec(out, W, m, x)           out = W[m] @ x            prange over pairs of output rows
+    matvec(out, W, m, x)           out = W[m] @ x            prange over output rows
     matvec_add(out, W, m, x)       out += W[m] @ x           residual add fused in
     qkv_matvec(q, k, v, Wq, Wk, Wv, m, x)                    three matvecs, one parallel loop
     swiglu_matvec(out, W1, W3, m, x)  silu(W1[m] x) * (W3[m] x)
@@ -23,8 +23,7 @@ Weight formats. A matrix argument `W` is not an array but a small NamedTuple who
 names its storage format; `F32Matrix(w)` holds a stack of float32 matrices
 `w (n_mats, rows, cols)`, so `W[m]` is layer m's matrix. The kernels reach a matrix only
 through functions that dispatch on the format's class at compile time:
-`row_dot(W, m, i, x)` (row i of matrix m dotted with x: decode; `row_dot2` does rows i and
-i+1 in one pass, and falls back to two row_dots for a format without one) and
+`row_dot(W, m, i, x)` (row i of matrix m dotted with x: decode) and
 `load_rows(W, m, i0, n, buf)` (n rows as float32, a view or dequantized into buf:
 prefill). A quantized format (Q8_0, Q4_0, NF4) is a new NamedTuple class plus those two
 and a `dequantize`, given to `register_format`; the kernels and the engine's step keep
@@ -68,17 +67,15 @@ class Format(NamedTuple):
     row_dot: Callable  # jitted (W, m, i, x) -> float32: row i of matrix m dotted with x
     load_rows: Callable  # jitted (W, m, i0, n, buf) -> float32 (n, cols): a view, or buf filled
     dequantize: Callable  # python (W, m) -> float32 (rows, cols): for twins and tests
-    row_dot2: Callable | None  # jitted (W, m, i, x) -> rows i and i+1 dotted with x, or None
 
 
 FORMATS: dict[type, Format] = {}
 
 
 def register_format(cls: type, row_dot_impl: Callable, load_rows_impl: Callable,
-                    dequantize_impl: Callable, row_dot2_impl: Callable | None = None) -> None:
-    """Make NamedTuple class `cls` usable wherever a kernel takes a matrix W. row_dot2 (two
-    adjacent rows against x in one pass) is optional: without it, row_dot is called twice."""
-    FORMATS[cls] = Format(row_dot_impl, load_rows_impl, dequantize_impl, row_dot2_impl)
+                    dequantize_impl: Callable) -> None:
+    """Make NamedTuple class `cls` usable wherever a kernel takes a matrix W."""
+    FORMATS[cls] = Format(row_dot_impl, load_rows_impl, dequantize_impl)
 
 
 def _format_of(W):
@@ -93,11 +90,6 @@ def row_dot(W, m, i, x):
     return FORMATS[type(W)].row_dot(W, m, i, x)  # pure Python path (NUMBA_DISABLE_JIT=1)
 
 
-def row_dot2(W, m, i, x):
-    """Rows i and i+1 of matrix m of W, each dotted with x: a pair of float32 scalars."""
-    return row_dot(W, m, i, x), row_dot(W, m, i + 1, x)  # pure Python path
-
-
 def load_rows(W, m, i0, n, buf):
     """Rows i0..i0+n-1 of matrix m as float32 (n, cols): a view, or dequantized into buf."""
     return FORMATS[type(W)].load_rows(W, m, i0, n, buf)
@@ -107,16 +99,6 @@ def load_rows(W, m, i0, n, buf):
 def _row_dot_jit(W, m, i, x):
     impl = _format_of(W).row_dot
     return lambda W, m, i, x: impl(W, m, i, x)
-
-
-@overload(row_dot2)
-def _row_dot2_jit(W, m, i, x):
-    fmt = _format_of(W)
-    if fmt.row_dot2 is not None:
-        impl = fmt.row_dot2
-        return lambda W, m, i, x: impl(W, m, i, x)
-    one = fmt.row_dot
-    return lambda W, m, i, x: (one(W, m, i, x), one(W, m, i + 1, x))
 
 
 @overload(load_rows)
@@ -135,22 +117,11 @@ def _f32_row_dot(W, m, i, x):
 
 
 @njit(**JIT)
-def _f32_row_dot2(W, m, i, x):
-    w = W.w
-    a0, a1 = np.float32(0.0), np.float32(0.0)
-    for j in range(x.shape[0]):  # each x[j] loaded once for two rows
-        xj = x[j]
-        a0 += w[m, i, j] * xj
-        a1 += w[m, i + 1, j] * xj
-    return a0, a1
-
-
-@njit(**JIT)
 def _f32_load_rows(W, m, i0, n, buf):
     return W.w[m, i0 : i0 + n]  # already float32: a view, buf unused
 
 
-register_format(F32Matrix, _f32_row_dot, _f32_load_rows, lambda W, m: W.w[m], _f32_row_dot2)
+register_format(F32Matrix, _f32_row_dot, _f32_load_rows, lambda W, m: W.w[m])
 
 
 def dequantize(W, m: int) -> np.ndarray:
@@ -217,50 +188,31 @@ def _silu_mul(a, b):
 # ---------------------------------------------------------------------------------------
 
 
-@njit(**JIT)
-def _rows_into(out, W, m, i, x, add):
-    """out[i], out[i+1] (= or +=) rows i, i+1 of W[m] dotted with x; only out[i] if it is
-    the last row. Rows go in pairs: x is loaded once per two rows, and two independent
-    sums keep more loads in flight (+7% bandwidth on stories110M's matrices)."""
-    if i + 1 < out.shape[0]:
-        a, b = row_dot2(W, m, i, x)
-        if add:
-            out[i] += a
-            out[i + 1] += b
-        else:
-            out[i] = a
-            out[i + 1] = b
-    elif add:
-        out[i] += row_dot(W, m, i, x)
-    else:
-        out[i] = row_dot(W, m, i, x)
-
-
 @njit(**PJIT)
 def matvec(out, W, m, x):
     """out (rows,) = W[m] (rows, cols) @ x (cols,)."""
-    for p in prange((out.shape[0] + 1) // 2):
-        _rows_into(out, W, m, 2 * p, x, False)
+    for i in prange(out.shape[0]):
+        out[i] = row_dot(W, m, i, x)
 
 
 @njit(**PJIT)
 def matvec_add(out, W, m, x):
     """out (rows,) += W[m] @ x: the residual add rides along with the matvec."""
-    for p in prange((out.shape[0] + 1) // 2):
-        _rows_into(out, W, m, 2 * p, x, True)
+    for i in prange(out.shape[0]):
+        out[i] += row_dot(W, m, i, x)
 
 
 @njit(**PJIT)
 def qkv_matvec(q, k, v, Wq, Wk, Wv, m, x):
     """q = Wq[m] x, k = Wk[m] x, v = Wv[m] x in one parallel loop (one thread launch, not three)."""
-    pq, pk = (q.shape[0] + 1) // 2, (k.shape[0] + 1) // 2
-    for p in prange(pq + pk + (v.shape[0] + 1) // 2):
-        if p < pq:
-            _rows_into(q, Wq, m, 2 * p, x, False)
-        elif p < pq + pk:
-            _rows_into(k, Wk, m, 2 * (p - pq), x, False)
+    nq, nk = q.shape[0], k.shape[0]
+    for i in prange(nq + nk + v.shape[0]):
+        if i < nq:
+            q[i] = row_dot(Wq, m, i, x)
+        elif i < nq + nk:
+            k[i - nq] = row_dot(Wk, m, i - nq, x)
         else:
-            _rows_into(v, Wv, m, 2 * (p - pq - pk), x, False)
+            v[i - nq - nk] = row_dot(Wv, m, i - nq - nk, x)
 
 
 @njit(**PJIT)

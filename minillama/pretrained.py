@@ -25,15 +25,23 @@ def load_tokenizer(path: str | Path):
     return Tokenizer.load(path) if path.suffix == ".json" else Tokenizer.from_sentencepiece(path)
 
 
-def load_model(path: str | Path | None = None):
-    """(Llama in eval mode, Tokenizer) from a model directory; default: the shipped model."""
-    from minillama.model import Llama
-
+def load_model(path: str | Path | None = None, engine: str = "torch"):
+    """(model, Tokenizer) from a model directory; default: the shipped model. engine
+    "torch": a Llama in eval mode; "numba": an `Engine` (which never imports torch)."""
     path = COURSE_MODEL if path is None else Path(path)
     if not path.is_dir():
         hint = " (the shipped model is missing: reinstall minillama)" if path == COURSE_MODEL else ""
         raise FileNotFoundError(f"model directory {path} does not exist{hint}")
-    model = Llama.from_pretrained(path).eval()
+    if engine == "numba":
+        from minillama.engine import Engine
+
+        model = Engine.from_pretrained(path)
+    elif engine == "torch":
+        from minillama.model import Llama
+
+        model = Llama.from_pretrained(path).eval()
+    else:
+        raise ValueError(f"unknown engine {engine!r}: use 'numba' or 'torch'")
     tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size != model.args.vocab_size:
         raise ValueError(f"{path}: {TOKENIZER_FILE} has {tokenizer.vocab_size} pieces but "

@@ -24,16 +24,22 @@ same inverse frequencies (tested against transformers in tests/test_rope.py):
                              an attention factor (0.1 ln(factor) + 1 by default)
 
 Frequencies and angles are computed in float64 and rounded once to float32/complex64,
-so a table is accurate even at long positions.
+so a table is accurate even at long positions. The frequencies and `rope_table` are NumPy
+(the Numba engine never imports torch); the functions that rotate torch tensors import
+torch when called.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from minillama.config import RopeScaling
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a function needs it
+    import torch
 
 
 def _as_scaling(scaling: RopeScaling | dict | None) -> RopeScaling | None:
@@ -45,15 +51,15 @@ def rope_frequencies(
     theta: float = 10000.0,
     scaling: RopeScaling | dict | None = None,
     seq_len: int | None = None,
-) -> torch.Tensor:
-    """Inverse frequencies (head_dim // 2,) float64, with scaling applied.
+) -> np.ndarray:
+    """Inverse frequencies (head_dim // 2,) float64 NumPy, with scaling applied.
 
     seq_len is the current sequence length and matters only for "dynamic" scaling.
     """
     if head_dim <= 0 or head_dim % 2:
         raise ValueError(f"head_dim must be positive and even (RoPE rotates pairs), got {head_dim}")
     scaling = _as_scaling(scaling)
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim  # (head_dim // 2,)
+    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim  # (head_dim // 2,)
     inv_freq = 1.0 / theta**exponents
     if scaling is None:
         return inv_freq
@@ -76,20 +82,20 @@ def rope_frequencies(
     raise ValueError(f"unknown rope scaling type {kind!r}")  # RopeScaling already checks
 
 
-def _llama3_frequencies(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+def _llama3_frequencies(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
     """Llama 3.1: keep wavelengths < orig/high, divide those > orig/low by factor, blend between."""
     original = s.original_max_position_embeddings
     wavelen = 2 * math.pi / inv_freq
     # 0 at the long-wavelength edge (fully interpolated), 1 at the short one (untouched)
     smooth = (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
     blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
-    out = torch.where(wavelen > original / s.low_freq_factor, inv_freq / s.factor, blended)
-    return torch.where(wavelen < original / s.high_freq_factor, inv_freq, out)
+    out = np.where(wavelen > original / s.low_freq_factor, inv_freq / s.factor, blended)
+    return np.where(wavelen < original / s.high_freq_factor, inv_freq, out)
 
 
 def _yarn_frequencies(
-    inv_freq: torch.Tensor, head_dim: int, theta: float, s: RopeScaling
-) -> torch.Tensor:
+    inv_freq: np.ndarray, head_dim: int, theta: float, s: RopeScaling
+) -> np.ndarray:
     """YaRN: dims that turn fewer than beta_slow times in the original context are
     interpolated (/ factor), those that turn more than beta_fast times are kept, a ramp between."""
     original = s.original_max_position_embeddings
@@ -103,8 +109,8 @@ def _yarn_frequencies(
     low, high = max(low, 0), min(high, head_dim - 1)
     if low == high:
         high += 0.001  # avoid dividing by zero, as transformers does
-    ramp = (torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)
-    ramp = ramp.clamp(0, 1)  # (head_dim // 2,) 0: keep the frequency, 1: interpolate it
+    ramp = (np.arange(head_dim // 2, dtype=np.float64) - low) / (high - low)
+    ramp = np.clip(ramp, 0, 1)  # (head_dim // 2,) 0: keep the frequency, 1: interpolate it
     return inv_freq / s.factor * ramp + inv_freq * (1 - ramp)
 
 
@@ -118,21 +124,35 @@ def attention_scaling(scaling: RopeScaling | dict | None) -> float:
     return 0.1 * math.log(scaling.factor) + 1.0 if scaling.factor > 1 else 1.0
 
 
-def _angles(head_dim: int, end: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+def _angles(head_dim: int, end: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
     if end <= 0:
         raise ValueError(f"end (number of positions) must be positive, got {end}")
     # "dynamic" picks its base from the table's length: the longest sequence it serves
     inv_freq = rope_frequencies(head_dim, theta, scaling, seq_len=end)  # (head_dim // 2,)
-    positions = torch.arange(end, dtype=torch.float64)  # (end,)
-    return torch.outer(positions, inv_freq)  # (end, head_dim // 2)
+    positions = np.arange(end, dtype=np.float64)  # (end,)
+    return np.outer(positions, inv_freq)  # (end, head_dim // 2) float64
+
+
+def rope_table(
+    head_dim: int, end: int, theta: float = 10000.0, scaling: RopeScaling | dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The real and imaginary parts of precompute_freqs_cis as NumPy: cos and sin of
+    pos * freq (times YaRN's factor) for pos < end, each float32 (end, head_dim // 2)."""
+    scaling = _as_scaling(scaling)
+    angles = _angles(head_dim, end, theta, scaling)  # (end, head_dim // 2)
+    mscale = attention_scaling(scaling)
+    return ((np.cos(angles) * mscale).astype(np.float32),
+            (np.sin(angles) * mscale).astype(np.float32))
 
 
 def precompute_freqs_cis(
     head_dim: int, end: int, theta: float = 10000.0, scaling: RopeScaling | dict | None = None
 ) -> torch.Tensor:
     """exp(1j * pos * freq) for pos < end: complex64 (end, head_dim // 2), Meta's form."""
+    import torch
+
     scaling = _as_scaling(scaling)
-    angles = _angles(head_dim, end, theta, scaling)  # (end, head_dim // 2) float64
+    angles = torch.from_numpy(_angles(head_dim, end, theta, scaling))  # (end, head_dim // 2) f64
     magnitude = torch.full_like(angles, attention_scaling(scaling))
     return torch.polar(magnitude, angles).to(torch.complex64)  # (end, head_dim // 2)
 
@@ -147,6 +167,8 @@ def apply_rotary_emb(
             f"freqs_cis has shape {tuple(freqs_cis.shape)}, expected {(seqlen, head_dim // 2)} "
             "for (seqlen, head_dim // 2)"
         )
+    import torch
+
     # upcast: rotating in low precision loses the small angles of the slow frequencies
     xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))  # (.., head_dim//2)
     xk_ = torch.view_as_complex(xk.float().reshape(*xk.shape[:-1], -1, 2))  # (.., head_dim//2)
@@ -160,8 +182,10 @@ def precompute_cos_sin(
     head_dim: int, end: int, theta: float = 10000.0, scaling: RopeScaling | dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of pos * freq for pos < end, each float32 (end, head_dim): HF's layout."""
+    import torch
+
     scaling = _as_scaling(scaling)
-    angles = _angles(head_dim, end, theta, scaling)  # (end, head_dim // 2)
+    angles = torch.from_numpy(_angles(head_dim, end, theta, scaling))  # (end, head_dim // 2)
     angles = torch.cat([angles, angles], dim=-1)  # (end, head_dim): pair i with i + head_dim/2
     mscale = attention_scaling(scaling)
     return (angles.cos() * mscale).float(), (angles.sin() * mscale).float()
@@ -169,6 +193,8 @@ def precompute_cos_sin(
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (-x2, x1) on the two halves of the last dim: a 90-degree turn of each pair."""
+    import torch
+
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
 

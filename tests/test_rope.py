@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from minillama.rope import (
     precompute_cos_sin,
     precompute_freqs_cis,
     rope_frequencies,
+    rope_table,
     rotate_half,
 )
 
@@ -82,7 +84,7 @@ def hf_inv_freq(scaling, head_dim, theta, seq_len=None):
 @pytest.mark.parametrize("case", CASES)
 def test_inverse_frequencies_match_transformers(case):
     scaling, head_dim, theta = CASES[case]
-    ours = rope_frequencies(head_dim, theta, scaling)
+    ours = torch.from_numpy(rope_frequencies(head_dim, theta, scaling))  # NumPy float64
     ref, ref_attention = hf_inv_freq(scaling, head_dim, theta)
     assert ours.dtype == torch.float64 and ours.shape == (head_dim // 2,)
     torch.testing.assert_close(ours, ref.double(), rtol=FREQ_RTOL, atol=0)
@@ -92,11 +94,12 @@ def test_inverse_frequencies_match_transformers(case):
 @pytest.mark.parametrize("seq_len", [MAX_POS // 2, MAX_POS, 100, 1000])
 def test_dynamic_frequencies_follow_the_length(seq_len):
     scaling, head_dim, theta = CASES["dynamic"]
-    ours = rope_frequencies(head_dim, theta, scaling, seq_len=seq_len)
+    ours = torch.from_numpy(rope_frequencies(head_dim, theta, scaling, seq_len=seq_len))
     ref, _ = hf_inv_freq(scaling, head_dim, theta, seq_len=seq_len)
     torch.testing.assert_close(ours, ref.double(), rtol=FREQ_RTOL, atol=0)
     if seq_len <= MAX_POS:  # up to the original length, dynamic changes nothing
-        torch.testing.assert_close(ours, rope_frequencies(head_dim, theta), rtol=0, atol=0)
+        torch.testing.assert_close(ours, torch.from_numpy(rope_frequencies(head_dim, theta)),
+                                   rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -127,7 +130,7 @@ def test_dynamic_beyond_the_original_length_matches_transformers():
 def test_static_ntk_is_plain_rope_with_a_larger_base():
     # the reference: transformers' default RoPE with theta * factor ** (d / (d - 2))
     head_dim, theta, factor = 16, 10000.0, 4.0
-    ours = rope_frequencies(head_dim, theta, RopeScaling("ntk", factor))
+    ours = torch.from_numpy(rope_frequencies(head_dim, theta, RopeScaling("ntk", factor)))
     ref, _ = hf_inv_freq(None, head_dim, theta * factor ** (head_dim / (head_dim - 2)))
     torch.testing.assert_close(ours, ref.double(), rtol=FREQ_RTOL, atol=0)
     assert ours[0] == 1.0 and ours[-1] < rope_frequencies(head_dim, theta)[-1]
@@ -198,6 +201,17 @@ def test_magnitude_is_one_except_yarn():
     torch.testing.assert_close(precompute_freqs_cis(8, 32, scaling=scaling).abs(),
                                torch.full((32, 4), expected), rtol=1e-6, atol=0)
     assert precompute_freqs_cis(8, 32, scaling={"type": "linear", "factor": 2.0}).shape == (32, 4)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_numpy_table_is_freqs_cis(case):
+    # the engine's torch-free table: the same float64 angles, each part rounded once
+    scaling, head_dim, theta = CASES[case]
+    cos, sin = rope_table(head_dim, MAX_POS, theta, scaling)
+    ref = precompute_freqs_cis(head_dim, MAX_POS, theta, scaling)  # complex64
+    assert cos.dtype == sin.dtype == np.float32 and cos.shape == (MAX_POS, head_dim // 2)
+    np.testing.assert_array_equal(cos, ref.real.numpy())
+    np.testing.assert_array_equal(sin, ref.imag.numpy())
 
 
 def test_low_precision_inputs_keep_their_dtype():

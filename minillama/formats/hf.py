@@ -22,11 +22,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+import numpy as np
 
-from minillama.config import ModelArgs, RopeScaling
+from minillama.config import ModelArgs, RopeScaling, weight_shapes
+from minillama.formats.safetensors import SafetensorsError, read_safetensors
 
 # transformers' name -> ours; {i} is the layer index
 HF_TO_META = {
@@ -74,21 +73,21 @@ def meta_to_hf_name(name: str) -> str:
     return _translate(name, _TO_HF, "minillama")
 
 
-def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+def permute_meta_to_hf(w, n_heads: int):
     """Reorder each head's rows of wq/wk (n_heads * head_dim, dim) from Meta's interleaved
-    pairs (2i, 2i+1) to HF's halves (i, i + head_dim/2)."""
+    pairs (2i, 2i+1) to HF's halves (i, i + head_dim/2). A torch tensor or a NumPy array."""
     rows, dim = w.shape
     head_dim = rows // n_heads
-    w = w.view(n_heads, head_dim // 2, 2, dim)  # row 2i + c of a head -> [i, c]
-    return w.transpose(1, 2).reshape(rows, dim)  # -> row c * head_dim/2 + i
+    w = w.reshape(n_heads, head_dim // 2, 2, dim)  # row 2i + c of a head -> [i, c]
+    return w.swapaxes(1, 2).reshape(rows, dim)  # -> row c * head_dim/2 + i
 
 
-def permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+def permute_hf_to_meta(w, n_heads: int):
     """The inverse of permute_meta_to_hf: HF's halves back to Meta's interleaved pairs."""
     rows, dim = w.shape
     head_dim = rows // n_heads
-    w = w.view(n_heads, 2, head_dim // 2, dim)  # row c * head_dim/2 + i of a head -> [c, i]
-    return w.transpose(1, 2).reshape(rows, dim)  # -> row 2i + c
+    w = w.reshape(n_heads, 2, head_dim // 2, dim)  # row c * head_dim/2 + i of a head -> [c, i]
+    return w.swapaxes(1, 2).reshape(rows, dim)  # -> row 2i + c
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,7 +174,7 @@ def _max_seq_len_from_hf(cfg: dict, scaling: RopeScaling | None) -> int:
     return max_positions
 
 
-def config_to_hf(args: ModelArgs, dtype: torch.dtype = torch.float32) -> dict:
+def config_to_hf(args: ModelArgs, dtype="float32") -> dict:
     """ModelArgs -> a config.json dict that transformers' LlamaConfig reads."""
     rope = {"rope_type": "default", "rope_theta": args.rope_theta}
     max_positions = args.max_seq_len
@@ -240,8 +239,9 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor, str]]:
-    """Yield (name, tensor, file name) for every tensor of a transformers directory."""
+def iter_safetensors(path: str | Path) -> Iterator[tuple[str, np.ndarray, str]]:
+    """Yield (name, NumPy array, file name) for every tensor of a transformers directory:
+    read-only views of each file's memory map (bfloat16 widened to float32)."""
     path = Path(path)
     if (path / INDEX_FILE).is_file():
         weight_map = json.loads((path / INDEX_FILE).read_text()).get("weight_map")
@@ -258,60 +258,67 @@ def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor, str]
         if not (path / file).is_file():
             raise FileNotFoundError(f"shard {file} listed in {INDEX_FILE} is missing from {path}")
         try:
-            with safe_open(path / file, framework="pt") as f:
-                for name in f.keys():
-                    if weight_map is not None and weight_map.get(name) != file:
-                        raise ValueError(f"tensor {name!r} is in {file} but {INDEX_FILE} maps it "
-                                         f"to {weight_map.get(name)!r}")
-                    seen.add(name)
-                    yield name, f.get_tensor(name), file
-        except SafetensorError as e:
+            tensors = read_safetensors(path / file)
+            for name, array in tensors:
+                if weight_map is not None and weight_map.get(name) != file:
+                    raise ValueError(f"tensor {name!r} is in {file} but {INDEX_FILE} maps it "
+                                     f"to {weight_map.get(name)!r}")
+                seen.add(name)
+                yield name, array, file
+        except SafetensorsError as e:
             raise ValueError(f"cannot read {path / file}: {e}") from None
     if weight_map is not None and set(weight_map) - seen:
         raise ValueError(f"tensors {sorted(set(weight_map) - seen)} are listed in {INDEX_FILE} "
                          "but in none of the shards")
 
 
-def load_hf_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Copy a transformers directory's tensors into model (a Llama), checking every name and shape."""
-    args: ModelArgs = model.args
-    targets = model.state_dict()  # our name -> tensor sharing storage with the parameter
-    if args.tie_embeddings:
-        del targets["output.weight"]  # the embedding matrix; an lm_head copy is only checked
-    loaded, lm_head = set(), None
-    with torch.no_grad():
-        for hf_name, tensor, file in iter_safetensors(path):
-            if hf_name.endswith("rotary_emb.inv_freq"):
-                continue  # old checkpoints saved the RoPE table; it is recomputed, not learned
-            try:
-                name = hf_to_meta_name(hf_name)
-            except ValueError as e:
-                raise ValueError(f"{e} (in {file})") from None
-            if args.tie_embeddings and name == "output.weight":
-                lm_head = (tensor, file)
-                continue
-            if name not in targets:
-                raise ValueError(f"unexpected tensor {hf_name!r} in {file}: config.json has "
-                                 f"n_layers={args.n_layers}")
-            if name in loaded:
-                raise ValueError(f"tensor {hf_name!r} appears twice (again in {file})")
-            expected = tuple(targets[name].shape)
-            if tuple(tensor.shape) != expected:
-                raise ValueError(f"tensor {hf_name!r} in {file} has shape {tuple(tensor.shape)}, "
-                                 f"expected {expected} from config.json")
-            heads = _rope_heads(name, args)
-            targets[name].copy_(tensor if heads is None else permute_hf_to_meta(tensor, heads))
-            loaded.add(name)
-    missing = [f"{meta_to_hf_name(n)} {tuple(targets[n].shape)}" for n in targets
-               if n not in loaded]
+def read_hf_state_dict(path: str | Path, args: ModelArgs) -> dict[str, np.ndarray]:
+    """A transformers directory's tensors under Meta's names and in Meta's rotary layout
+    (NumPy, file dtype), every name and shape checked against args. Tied: no output.weight."""
+    expected = weight_shapes(args)
+    sd, lm_head = {}, None
+    for hf_name, array, file in iter_safetensors(path):
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue  # old checkpoints saved the RoPE table; it is recomputed, not learned
+        try:
+            name = hf_to_meta_name(hf_name)
+        except ValueError as e:
+            raise ValueError(f"{e} (in {file})") from None
+        if args.tie_embeddings and name == "output.weight":
+            lm_head = (array, file)
+            continue
+        if name not in expected:
+            raise ValueError(f"unexpected tensor {hf_name!r} in {file}: config.json has "
+                             f"n_layers={args.n_layers}")
+        if name in sd:
+            raise ValueError(f"tensor {hf_name!r} appears twice (again in {file})")
+        if tuple(array.shape) != expected[name]:
+            raise ValueError(f"tensor {hf_name!r} in {file} has shape {tuple(array.shape)}, "
+                             f"expected {expected[name]} from config.json")
+        heads = _rope_heads(name, args)
+        sd[name] = array if heads is None else permute_hf_to_meta(array, heads)
+    missing = [f"{meta_to_hf_name(n)} {shape}" for n, shape in expected.items() if n not in sd]
     if missing:
         raise ValueError(f"{path} is missing tensors (name, expected shape): {', '.join(missing)}")
     if lm_head is not None:
-        tensor, file = lm_head
-        embeddings = targets["tok_embeddings.weight"]
-        if tensor.shape != embeddings.shape or not torch.equal(tensor.to(embeddings), embeddings):
+        array, file = lm_head
+        emb = sd["tok_embeddings.weight"]
+        if array.shape != emb.shape or not np.array_equal(array.astype(np.float32),
+                                                           emb.astype(np.float32)):
             raise ValueError(f"tensor 'lm_head.weight' in {file} differs from "
                              "'model.embed_tokens.weight' but config.json ties them")
+    return sd
+
+
+def load_hf_weights(model, path: str | Path) -> None:
+    """Copy a transformers directory's tensors into model (a Llama), checking every name and shape."""
+    import torch
+
+    sd = read_hf_state_dict(path, model.args)
+    targets = model.state_dict()  # our name -> tensor sharing storage with the parameter
+    with torch.no_grad():
+        for name, array in sd.items():
+            targets[name].copy_(torch.from_numpy(np.array(array)))  # a writable copy
 
 
 def _rope_heads(name: str, args: ModelArgs) -> int | None:
@@ -323,9 +330,11 @@ def _rope_heads(name: str, args: ModelArgs) -> int | None:
     return None
 
 
-def save_hf(model: torch.nn.Module, path: str | Path, max_shard_size: int | None = None) -> None:
+def save_hf(model, path: str | Path, max_shard_size: int | None = None) -> None:
     """Write model (a Llama) as config.json + safetensors; shards of at most max_shard_size
     bytes (plus an index) if given."""
+    from safetensors.torch import save_file
+
     args: ModelArgs = model.args
     config = config_to_hf(args, model.tok_embeddings.weight.dtype)  # may refuse: check first
     tensors = {}
@@ -356,7 +365,7 @@ def save_hf(model: torch.nn.Module, path: str | Path, max_shard_size: int | None
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _split(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict]:
+def _split(tensors: dict, max_bytes: int | None) -> list[dict]:
     """Group tensors, in order, into shards of at most max_bytes (one tensor may exceed it)."""
     if max_bytes is None:
         return [tensors]
