@@ -226,6 +226,23 @@ def test_a_second_process_compiles_nothing():
     assert out.stdout.split()[-1] == "0", out.stdout + out.stderr
 
 
+def test_the_engine_never_imports_torch(tmp_path):
+    """`minillama generate` answers at once because the engine path leaves torch out: loading
+    a model directory, prefill, a step and generation, in a fresh process."""
+    import subprocess
+    import sys
+
+    from minillama.pretrained import COURSE_MODEL
+
+    code = ("import sys\nfrom minillama.pretrained import load_model\n"
+            "from minillama.generate import generate\n"
+            f"engine, tok = load_model({str(COURSE_MODEL)!r}, engine='numba')\n"
+            "out = generate(engine, tok, 'Once upon a time', max_new_tokens=3, temperature=0)\n"
+            "print(len(out.ids), 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["3", "False"], out.stdout + out.stderr
+
+
 def test_a_quantized_matrix_stands_in_without_changing_the_step():
     """Quantization readiness: swap two matrix kinds for a toy int8 format (registered in
     tests/test_kernels.py); the same forward_step runs and matches float32 weights that
