@@ -1,4 +1,4 @@
-"""`minillama bench engine`: the Numba engine against PyTorch eager and plain NumPy.
+"""`minillama bench engine`: the Numba engine against PyTorch eager, plain NumPy and llama2.c.
 
 Random-weight models with llama2.c's shapes (stories15M, stories42M, stories110M). For
 each shape and thread count, each implementation runs in its own fresh process, so thread
@@ -6,15 +6,20 @@ pools start at the right size and peak memory (max RSS) is its own:
 
 - engine: `Engine.step` (one jitted call per token), greedy, and `Engine.prefill`;
 - torch:  the course's `Llama` in eager mode with a `KVCache`, under inference_mode;
-- numpy:  the same step written with the NumPy twins of the kernels (`kernels_ref`).
+- numpy:  the same step written with the NumPy twins of the kernels (`kernels_ref`);
+- run, runq (with --llama2c DIR): llama2.c's fp32 and int8 binaries, built by the user,
+  on the same random weights written as llama2.c files (see minillama/bench/llama2c.py),
+  whose greedy ids are also compared with the engine's: an independent parity check.
 
-Decode is tokens/s over --tokens positions from an empty cache (median of --runs runs);
-prefill is a --tokens prompt in one batched pass. The bandwidth ceiling is bytes of
-weights read per token divided by the read bandwidth measured at that thread count (row
-sums over 256 MB, see `memory_bandwidth`): a decode step only reads its weights, so
+Decode is tokens/s over --tokens positions from an empty cache (min, median and max of
+--runs runs); prefill is a --tokens prompt in one batched pass. The bandwidth ceiling is
+bytes of weights read per token divided by the read bandwidth measured at that thread count
+(row sums over 256 MB, see `memory_bandwidth`): a decode step only reads its weights, so
 reading is the bound. The copy bandwidth (bytes copied per second) is printed beside it;
-it is lower, and a ceiling made from it would be too easy to reach. Timings on a shared
-machine are noisy: the load average is printed with them.
+it is lower, and a ceiling made from it would be too easy to reach. Then the time to first
+token and peak RSS of `minillama generate` with the shipped model. The CPU, the vector width
+the kernels were compiled for and the load average come first: timings on a shared
+machine are noisy, and a figure means something only next to others from the same run.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
+from minillama.bench import llama2c, report
+from minillama.bench.machine import describe, machine_info
+from minillama.bench.startup import print_generate, time_generate
+
 SHAPES = ("stories15M", "stories42M", "stories110M")
-# llama2.c run.c (-Ofast -march=native, OpenMP) on these machines, from issue 6: 1 / 2 threads
-C_TOK_S = {"stories15M": (210, 665), "stories110M": (33, 55)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,16 +134,18 @@ def weight_bytes_per_token(args) -> int:
                 + args.dim)
 
 
-def _decode_runs(step, reset, n_tokens: int, runs: int) -> list[float]:
-    """tok/s of greedy decoding n_tokens from an empty cache, once per run."""
+def _decode_runs(step, reset, n_tokens: int, runs: int) -> tuple[list[float], list[int]]:
+    """(tok/s of each run, the greedy ids of the last) decoding n_tokens from BOS and an
+    empty cache; ids[i] is the argmax of the logits at position i."""
     speeds = []
     for _ in range(runs):
         reset()
-        token, t0 = 1, time.perf_counter()
+        token, ids, t0 = 1, [], time.perf_counter()
         for pos in range(n_tokens):
             token = int(np.argmax(step(token, pos)))
+            ids.append(token)
         speeds.append(n_tokens / (time.perf_counter() - t0))
-    return speeds
+    return speeds, ids
 
 
 def _prefill_runs(prefill, reset, n_tokens: int, runs: int) -> list[float]:
@@ -164,7 +175,7 @@ def _worker_engine(args, n_tokens: int, runs: int) -> dict:
     t0 = time.perf_counter()
     engine.step(1), engine.prefill([1, 2, 3])  # compile, or load from the cache
     first_call = time.perf_counter() - t0
-    decode = _decode_runs(step, engine.reset, n_tokens, runs)
+    decode, ids = _decode_runs(step, engine.reset, n_tokens, runs)
     prefill = _prefill_runs(engine.prefill, engine.reset, n_tokens, runs)
 
     # time outside the jitted step: the same greedy loop with a no-op in place of the step
@@ -176,11 +187,12 @@ def _worker_engine(args, n_tokens: int, runs: int) -> dict:
     no_op(w, s, 1, 0, args.n_heads, args.norm_eps)
     engine_module.forward_step = no_op
     try:
-        around = _decode_runs(step, engine.reset, n_tokens, max(runs, 5))
+        around, _ = _decode_runs(step, engine.reset, n_tokens, max(runs, 5))
     finally:
         engine_module.forward_step = forward_step
     outside = statistics.median(decode) / statistics.median(around)  # time ratio
-    return dict(decode=decode, prefill=prefill, first_call_s=first_call, outside_fraction=outside)
+    return dict(decode=decode, prefill=prefill, first_call_s=first_call, outside_fraction=outside,
+                greedy_ids=ids)
 
 
 def _worker_torch(args, n_tokens: int, runs: int) -> dict:
@@ -201,7 +213,7 @@ def _worker_torch(args, n_tokens: int, runs: int) -> dict:
 
     with torch.inference_mode():
         step(1, 0)
-        decode = _decode_runs(step, lambda: None, n_tokens, runs)
+        decode, _ = _decode_runs(step, lambda: None, n_tokens, runs)
         prefill = _prefill_runs(prefill, lambda: None, n_tokens, runs)
     return dict(decode=decode, prefill=prefill)
 
@@ -245,7 +257,7 @@ def _worker_numpy(args, n_tokens: int, runs: int) -> dict:
     def step(token, pos):
         return python_step(R, w, s, token, pos, args.n_heads, args.norm_eps)
 
-    decode = _decode_runs(step, lambda: None, n_tokens, runs)
+    decode, _ = _decode_runs(step, lambda: None, n_tokens, runs)
     return dict(decode=decode, prefill=[])
 
 
@@ -299,12 +311,21 @@ WORKERS = {"engine": _worker_engine, "torch": _worker_torch, "numpy": _worker_nu
            "bandwidth": _worker_bandwidth, "profile": _worker_profile}
 
 
-def _run_worker(what: str, shape: str, threads: int, n_tokens: int, runs: int) -> dict:
+def _worker_llama2c_files(args, opts) -> dict:
+    """Write this shape's random weights as llama2.c files into opts.out; their paths. In a
+    worker, so that the bench process never holds them (stories110M is 440 MB): a child
+    process starts with its parent's peak RSS, and every later peak would include it."""
+    names = opts.c_binaries.split(",")
+    files = llama2c.write_model_files(opts.out, args, _random_state_dict(args), names)
+    return {k: str(v) for k, v in files.items()}
+
+
+def _run_worker(what: str, shape: str, threads: int, n_tokens: int, runs: int, *extra: str) -> dict:
     # every implementation gets the same OpenMP spin setting (see minillama/__init__.py)
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "minillama.bench.engine", "--worker", what, "--shapes", shape,
-           "--threads", str(threads), "--tokens", str(n_tokens), "--runs", str(runs)]
+           "--threads", str(threads), "--tokens", str(n_tokens), "--runs", str(runs), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} worker failed ({shape}, {threads} threads):\n{proc.stderr}")
@@ -321,64 +342,60 @@ def _worker_main(opts) -> int:
     numba.set_num_threads(threads)
     torch.set_num_threads(threads)
     args = get_preset(opts.shapes)
-    result = WORKERS[opts.worker](args, min(opts.tokens, args.max_seq_len), opts.runs)
+    if opts.worker == "llama2c-files":
+        result = _worker_llama2c_files(args, opts)
+    else:
+        result = WORKERS[opts.worker](args, min(opts.tokens, args.max_seq_len), opts.runs)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
     return 0
 
 
 # ---------------------------------------------------------------------------------------
-# The table
+# Rows: one shape at one thread count, every backend
 # ---------------------------------------------------------------------------------------
 
 
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str]) -> dict:
+def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str],
+         c_binaries: dict, c_files: dict | None) -> dict:
     from minillama.config import get_preset
 
-    args = get_preset(shape)
     r = {w: _run_worker(w, shape, threads, n_tokens, runs) for w in ["bandwidth", "engine", *baselines]}
-    decode = {w: _median(r[w]["decode"]) for w in ["engine", *baselines]}
-    ceiling = r["bandwidth"]["read_gbs"] * 1e9 / weight_bytes_per_token(args)
-    return dict(shape=shape, threads=threads, decode=decode, ceiling=ceiling,
-                bandwidth=r["bandwidth"]["read_gbs"], copy=r["bandwidth"]["copy_gbs"],
-                prefill=_median(r["engine"]["prefill"]),
-                torch_prefill=_median(r["torch"]["prefill"]) if "torch" in r else float("nan"),
-                outside=r["engine"]["outside_fraction"], first_call=r["engine"]["first_call_s"],
-                spread=(min(r["engine"]["decode"]), max(r["engine"]["decode"])),
-                peak={w: r[w]["peak_mb"] for w in ["engine", *baselines]})
+    c = llama2c.run_all(c_binaries, c_files, n_tokens, threads, runs) if c_files else {}
+    measured = {**{w: r[w] for w in ["engine", *baselines]}, **c}
+    return dict(shape=shape, threads=threads, tokens=n_tokens,
+                decode={w: m["decode"] for w, m in measured.items()},
+                ceiling=r["bandwidth"]["read_gbs"] * 1e9 / weight_bytes_per_token(get_preset(shape)),
+                read_gbs=r["bandwidth"]["read_gbs"], copy_gbs=r["bandwidth"]["copy_gbs"],
+                prefill={w: r[w]["prefill"] for w in ["engine", "torch"] if w in r},
+                outside=r["engine"]["outside_fraction"], first_call_s=r["engine"]["first_call_s"],
+                peak_mb={w: m["peak_mb"] for w, m in measured.items()},
+                parity={w: llama2c.parity(m["ids"], r["engine"]["greedy_ids"]) for w, m in c.items()})
 
 
-def _print_table(rows: list[dict], baselines: list[str]) -> None:
-    head = ["shape", "thr", "engine tok/s (min-max)"] + [f"{b} tok/s" for b in baselines]
-    head += [f"x {b}" for b in baselines] + ["C tok/s", "ceiling", "% ceil", "read GB/s", "copy GB/s",
-                                              "prefill tok/s", "pf/dec", "torch pf", "outside",
-                                              "peak MB"]
-    lines = [head]
-    for r in rows:
-        e = r["decode"]["engine"]
-        c = C_TOK_S.get(r["shape"], (None, None))[r["threads"] - 1] if r["threads"] <= 2 else None
-        lines.append(
-            [r["shape"], str(r["threads"]), f"{e:.0f} ({r['spread'][0]:.0f}-{r['spread'][1]:.0f})"]
-            + [f"{r['decode'][b]:.1f}" for b in baselines]
-            + [f"{e / r['decode'][b]:.2f}" for b in baselines]
-            + [str(c) if c else "-", f"{r['ceiling']:.0f}", f"{100 * e / r['ceiling']:.0f}%",
-               f"{r['bandwidth']:.1f}", f"{r['copy']:.1f}", f"{r['prefill']:.0f}", f"{r['prefill'] / e:.1f}",
-               f"{r['torch_prefill']:.0f}", f"{100 * r['outside']:.1f}%",
-               "/".join(f"{r['peak'][w]:.0f}" for w in r["peak"])])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for i, line in enumerate(lines):
-        print("  ".join(cell.rjust(wd) for cell, wd in zip(line, widths)))
-        if i == 0:
-            print("  ".join("-" * wd for wd in widths))
-    print("\npf/dec: engine prefill tok/s over engine decode tok/s; torch pf: torch prefill tok/s.")
-    print(f"peak MB: max RSS of each process ({'/'.join(['engine', *baselines])}), "
-          "Python and imports included; C tok/s: from issue 6, not measured here;\n"
-          "ceiling: read bandwidth (read GB/s) / weight bytes per token; outside: share of "
-          "a decode token spent outside the jitted step.")
+def _shape_rows(shape: str, threads: list[int], opts, baselines: list[str], c_binaries: dict) -> list[dict]:
+    """The rows of one shape; with llama2.c, its files live in a temporary directory meanwhile."""
+    from minillama.config import get_preset
+
+    # at most seq_len - 1 tokens, so that llama2.c, whose timer skips its first step, times as many
+    n_tokens = min(opts.tokens, get_preset(shape).max_seq_len - 1)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="minillama-bench-") as tmp:
+        files = None
+        if c_binaries:
+            paths = _run_worker("llama2c-files", shape, 1, n_tokens, 1, "--out", tmp,
+                                "--c-binaries", ",".join(c_binaries))
+            files = {k: Path(v) for k, v in paths.items() if k != "peak_mb"}
+        for n in threads:
+            rows.append(_row(shape, n, n_tokens, opts.runs, baselines, c_binaries, files))
+            print(f"  {shape} at {n} thread(s): " + ", ".join(
+                f"{b} {report.spread(v)}" for b, v in rows[-1]["decode"].items()) + " tok/s", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------
 
 
 def _profile(shapes: list[str], threads: list[int], n_tokens: int, runs: int) -> int:
@@ -400,14 +417,47 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillama bench engine", description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {SHAPES}")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--tokens", type=int, default=256, help="tokens decoded and prefilled (default 256)")
-    p.add_argument("--runs", type=int, default=5, help="runs per measurement; the median is shown")
+    p.add_argument("--tokens", type=int, default=256,
+                   help="tokens decoded and prefilled, at most seq_len - 1 (default 256)")
+    p.add_argument("--runs", type=int, default=5,
+                   help="runs per measurement, min-median-max shown (default 5)")
     p.add_argument("--baselines", default="torch,numpy", help="comma-separated: torch, numpy")
+    p.add_argument("--llama2c", metavar="DIR",
+                   help="also run llama2.c's `run` and `runq` from DIR (build them with "
+                        "`sh ../shared/tools/llama2c/build.sh DIR`) on the same weights, and compare "
+                        "their greedy ids with the engine's")
+    p.add_argument("--json", metavar="FILE", help="write the machine, the settings and every row here")
+    p.add_argument("--plot", metavar="FILE.png", help="plot decode tok/s against shape here")
+    p.add_argument("--no-generate", action="store_true",
+                   help="skip timing `minillama generate` (time to first token, peak RSS)")
+    p.add_argument("--generate-only", action="store_true",
+                   help="only time `minillama generate`, --runs times, after one warm-up run")
     p.add_argument("--quick", action="store_true", help="stories15M only, 64 tokens, 2 runs")
     p.add_argument("--profile", action="store_true",
                    help="instead: time per kernel class per decoded token, for each shape and thread count")
-    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=sorted([*WORKERS, "llama2c-files"]), help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)  # the llama2c-files worker: where to write
+    p.add_argument("--c-binaries", help=argparse.SUPPRESS)  # ... and for which binaries
     return p
+
+
+def _check(opts, shapes: list[str], baselines: list[str]) -> str | None:
+    bad = [s for s in shapes if s not in SHAPES] + [b for b in baselines if b not in ("torch", "numpy")]
+    if bad or opts.tokens < 1 or opts.runs < 1:
+        return (f"unknown shapes/baselines {bad} (shapes: {SHAPES}; baselines: torch, numpy), "
+                "or --tokens/--runs below 1")
+    if opts.no_generate and opts.generate_only:
+        return "--no-generate and --generate-only contradict each other"
+    return None
+
+
+def _c_binaries(directory: str | None) -> dict:
+    if not directory:
+        return {}
+    found, problems = llama2c.find_binaries(directory)
+    for line in problems:
+        print(line)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,26 +468,57 @@ def main(argv: list[str] | None = None) -> int:
         opts.shapes, opts.tokens, opts.runs = "stories15M", 64, 2
     shapes = [s for s in opts.shapes.split(",") if s]
     baselines = [b for b in opts.baselines.split(",") if b]
-    bad = [s for s in shapes if s not in SHAPES] + [b for b in baselines if b not in ("torch", "numpy")]
-    if bad or opts.tokens < 1 or opts.runs < 1:
-        print(f"error: unknown shapes/baselines {bad} (shapes: {SHAPES}; baselines: torch, numpy), "
-              "or --tokens/--runs below 1", file=sys.stderr)
+    if problem := _check(opts, shapes, baselines):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     threads = [int(t) for t in opts.threads.split(",")]
+    info = machine_info()
+    print(describe(info))
     if opts.profile:
         return _profile(shapes, threads, opts.tokens, opts.runs)
-    env = {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    print(f"decode {opts.tokens} tokens, median of {opts.runs} runs; {env}; load average "
-          f"before: {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"threads benchmarked: {','.join(map(str, threads))}; load average before: "
+          f"{' '.join(f'{x:.2f}' for x in info['load_average'])}", flush=True)
     rows = []
-    for shape in shapes:
-        for n in threads:
-            rows.append(_row(shape, n, opts.tokens, opts.runs, baselines))
-            print(f"  {shape} at {n} thread(s): engine {rows[-1]['decode']['engine']:.1f} tok/s",
-                  flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.2f}\n")
-    _print_table(rows, baselines)
+    if not opts.generate_only:
+        c_binaries = _c_binaries(opts.llama2c)
+        print(f"decode and prefill {opts.tokens} tokens (at most seq_len - 1), {opts.runs} runs each",
+              flush=True)
+        for shape in shapes:
+            rows += _shape_rows(shape, threads, opts, baselines, c_binaries)
+    gen = None if opts.no_generate else _generate(opts.runs)
+    info["load_average_after"] = list(os.getloadavg())
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in info['load_average_after'])}\n")
+    _report(rows, gen, info, opts)
     return 0
+
+
+def _generate(runs: int) -> dict | None:
+    try:
+        return time_generate(runs)
+    except RuntimeError as e:
+        print(f"generate: not timed: {e}", flush=True)
+        return None
+
+
+def _report(rows: list[dict], gen: dict | None, info: dict, opts) -> None:
+    if rows:
+        report.print_decode_table(rows)
+        print()
+        report.print_detail_table(rows)
+        for line in report.parity_lines(rows):
+            print(line)
+    if gen:
+        print_generate(gen)
+    if opts.json:
+        settings = {k: getattr(opts, k) for k in ("shapes", "threads", "tokens", "runs", "baselines",
+                                                  "llama2c")}
+        report.write_json(opts.json, dict(machine=info, settings=settings, rows=rows, generate=gen))
+        print(f"\nwrote {opts.json}")
+    if opts.plot and rows:
+        report.plot_decode(opts.plot, rows, f"minillama bench engine: {info['cpu_model']} "
+                           f"({info['llvm_cpu']}, {info['isa']}), load {info['load_average'][0]:.2f}"
+                           f"-{info['load_average_after'][0]:.2f}")
+        print(f"wrote {opts.plot}")
 
 
 if __name__ == "__main__":
