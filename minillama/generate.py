@@ -170,6 +170,8 @@ def generate_ids(step: Callable[[list[int], int], np.ndarray], prompt_ids: list[
             on_token(token)
         if pos + 1 >= max_seq_len:
             return out, "context"
+        if len(out) == max_new_tokens:  # done: no step for a token nobody will read
+            return out, "max_new_tokens"
         logits = step([token], pos)
         pos += 1
 
