@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -69,6 +70,7 @@ class RunState(NamedTuple):
     hb: np.ndarray  # (hidden_dim,) silu(w1 x) * w3 x
     q: np.ndarray  # (dim,) the query, n_heads * head_dim
     att: np.ndarray  # (n_heads, max_seq_len) attention scores, one row per head
+    parts: np.ndarray  # (max threads, n_heads, head_dim + 2) attention's spans, merged after
     logits: np.ndarray  # (vocab_size,)
     key_cache: np.ndarray  # (n_layers, max_seq_len, n_kv_heads, head_dim)
     value_cache: np.ndarray  # (n_layers, max_seq_len, n_kv_heads, head_dim)
@@ -94,9 +96,10 @@ class PrefillState(NamedTuple):
 
 
 @njit(**JIT)
-def forward_step(w, s, token, pos, n_heads, eps):
+def forward_step(w, s, token, pos, n_heads, eps, n_spans):
     """Token `token` at position `pos`: writes its keys/values into the cache and the
-    next-token logits into s.logits (vocab_size,)."""
+    next-token logits into s.logits (vocab_size,). Attention splits the positions into
+    n_spans spans (<= s.parts.shape[0]): one per thread."""
     x, xb = s.x, s.xb
     n_layers, max_seq_len, n_kv_heads, head_dim = s.key_cache.shape
     x[:] = w.tok_embeddings[token]
@@ -111,7 +114,7 @@ def forward_step(w, s, token, pos, n_heads, eps):
                      w.wq, w.wk, w.wv, l, xb)
         K.rope(q, cos, sin)
         K.rope(k, cos, sin)
-        K.attention(out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
+        K.attention(out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1, s.parts[:n_spans])
         K.matvec_add(x, w.wo, l, xb)  # x += wo @ attention
         K.rmsnorm(xb, x, w.ffn_norm[l], eps)
         K.swiglu_matvec(s.hb, w.w1, w.w3, l, xb)
@@ -221,6 +224,7 @@ class Engine:
             x=np.zeros(args.dim, np.float32), xb=np.zeros(args.dim, np.float32),
             hb=np.zeros(args.ffn_hidden_dim, np.float32), q=np.zeros(args.dim, np.float32),
             att=np.zeros((args.n_heads, S), np.float32),
+            parts=np.zeros((numba.config.NUMBA_NUM_THREADS, args.n_heads, hd + 2), np.float32),
             logits=np.zeros(args.vocab_size, np.float32),
             key_cache=np.zeros(cache_shape, np.float32),
             value_cache=np.zeros(cache_shape, np.float32), cos=cos, sin=sin)
@@ -276,7 +280,7 @@ class Engine:
                 or self._dynamic:
             self._check(np.array([token]))
         forward_step(self.weights, self.state, token, self.pos, self.args.n_heads,
-                     self.args.norm_eps)
+                     self.args.norm_eps, numba.get_num_threads())
         self.pos += 1
         return self.state.logits
 

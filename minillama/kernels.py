@@ -6,7 +6,7 @@
     swiglu_matvec(out, W1, W3, m, x)  silu(W1[m] x) * (W3[m] x)
     matmul(out, W, m, X) / matmul_add / swiglu_matmul        the same for a batch X (T, cols)
     rmsnorm(out, x, weight, eps)   rope(x, cos, sin)   softmax(x)   add(out, x)
-    attention(out, q, k_cache, v_cache, att, n_keys)         prange over heads, GQA aware
+    attention(out, q, k_cache, v_cache, att, n_keys, parts)  prange over spans of positions, GQA aware
     attention_prefill(out, q, k_cache, v_cache, att, start_pos)  causal, a batch of queries
     linear(x, w)   rms_norm(x, weight, eps)   attend(q, k_cache, v_cache, n_keys)
                                    checked wrappers that allocate the output (lessons, tests)
@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit, prange
 from numba.extending import overload
@@ -329,13 +330,70 @@ def _attend(out, q, k_cache, v_cache, kv_head, att, n_keys):
             out[j] += p * v_cache[t, kv_head, j]
 
 
+@njit(**JIT)
+def _attend_span(part, q, k_cache, v_cache, att, t0, t1):
+    """Every head over cached positions t0..t1-1: part (n_heads, head_dim + 2) gets each
+    head's output before normalising, its largest score and its sum of exp(score - largest).
+    Position by position, so each cached row is read whole, in order."""
+    n_heads, head_dim = q.shape
+    n_rep = n_heads // k_cache.shape[1]
+    scale = np.float32(1.0 / math.sqrt(head_dim))
+    for t in range(t0, t1):
+        for h in range(n_heads):
+            s = np.float32(0.0)
+            for j in range(head_dim):
+                s += q[h, j] * k_cache[t, h // n_rep, j]
+            att[h, t] = s * scale
+    for h in range(n_heads):
+        mx = att[h, t0]
+        for t in range(t0 + 1, t1):
+            mx = max(mx, att[h, t])
+        total = np.float32(0.0)
+        for t in range(t0, t1):
+            e = np.exp(att[h, t] - mx)  # <= 1: never overflows
+            att[h, t] = e
+            total += e
+        part[h, head_dim], part[h, head_dim + 1] = mx, total
+        part[h, :head_dim] = 0.0
+    for t in range(t0, t1):
+        for h in range(n_heads):
+            p = att[h, t]
+            for j in range(head_dim):
+                part[h, j] += p * v_cache[t, h // n_rep, j]
+
+
 @njit(**PJIT)
-def attention(out, q, k_cache, v_cache, att, n_keys):
+def attention(out, q, k_cache, v_cache, att, n_keys, parts):
     """out, q (n_heads, head_dim); caches (max_seq_len, n_kv_heads, head_dim); att scratch
-    (n_heads, >= n_keys). Query head h reads kv head h // (n_heads // n_kv_heads)."""
-    n_rep = q.shape[0] // k_cache.shape[1]
-    for h in prange(q.shape[0]):
-        _attend(out[h], q[h], k_cache, v_cache, h // n_rep, att[h], n_keys)
+    (n_heads, >= n_keys). Query head h reads kv head h // (n_heads // n_kv_heads).
+
+    The positions are split into parts.shape[0] spans (scratch (n_spans, n_heads,
+    head_dim + 2), one span per thread), each reading whole cache rows in position order,
+    and the spans' softmaxes are merged at the end (as in flash-decoding). By the time
+    attention runs, a token has streamed every weight through the caches, so the KV cache
+    is cold: one short strided slice per head, as a loop over heads reads it, ran at a
+    quarter of the bandwidth (1372 us per token on stories110M at 256 positions, 1 thread,
+    against 611 us for whole rows)."""
+    n_heads, head_dim = q.shape
+    n_spans = min(parts.shape[0], n_keys)
+    for b in prange(n_spans):
+        _attend_span(parts[b], q, k_cache, v_cache, att, b * n_keys // n_spans,
+                     (b + 1) * n_keys // n_spans)
+    for h in range(n_heads):
+        mx = parts[0, h, head_dim]
+        for b in range(1, n_spans):
+            mx = max(mx, parts[b, h, head_dim])
+        total = np.float32(0.0)
+        for j in range(head_dim):
+            out[h, j] = 0.0
+        for b in range(n_spans):
+            w = np.exp(parts[b, h, head_dim] - mx)  # rescale span b to the common max
+            total += w * parts[b, h, head_dim + 1]
+            for j in range(head_dim):
+                out[h, j] += w * parts[b, h, j]
+        inv = np.float32(1.0) / total
+        for j in range(head_dim):
+            out[h, j] *= inv
 
 
 @njit(**PJIT)
@@ -394,5 +452,7 @@ def attend(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_keys: int)
         raise ValueError(f"q {q.shape}, caches {k_cache.shape}/{v_cache.shape} and n_keys "
                          f"{n_keys} do not fit together")
     out = np.empty_like(q)
-    attention(out, q, k_cache, v_cache, np.empty((n_heads, k_cache.shape[0]), np.float32), n_keys)
+    parts = np.empty((numba.get_num_threads(), n_heads, head_dim + 2), np.float32)
+    attention(out, q, k_cache, v_cache, np.empty((n_heads, k_cache.shape[0]), np.float32), n_keys,
+              parts)
     return out

@@ -77,8 +77,9 @@ def swiglu_matmul(out, W1, W3, m, X):
     out[:] = silu_mul(X @ dequantize(W1, m).T, X @ dequantize(W3, m).T)
 
 
-def attention(out, q, k_cache, v_cache, att, n_keys):
-    """out, q (n_heads, head_dim); caches (max_seq_len, n_kv_heads, head_dim); att unused."""
+def attention(out, q, k_cache, v_cache, att, n_keys, parts=None):
+    """out, q (n_heads, head_dim); caches (max_seq_len, n_kv_heads, head_dim); the scratch
+    att and parts (the kernel's spans of positions) unused."""
     n_heads, head_dim = q.shape
     n_rep = n_heads // k_cache.shape[1]
     keys = np.repeat(k_cache[:n_keys], n_rep, axis=1)  # (n_keys, n_heads, head_dim)

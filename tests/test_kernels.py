@@ -111,18 +111,25 @@ def test_rope_matches_numpy_and_complex_multiplication(heads, head_dim):
 
 @pytest.mark.parametrize("n_heads,n_kv_heads", [(1, 1), (6, 6), (6, 2), (4, 1)])
 @pytest.mark.parametrize("n_keys", [1, 5, 17])
-def test_attention_matches_numpy(n_heads, n_kv_heads, n_keys):
+@pytest.mark.parametrize("n_spans", [1, 2, 3])
+def test_attention_matches_numpy(n_heads, n_kv_heads, n_keys, n_spans):
+    # n_spans > n_keys (1 key, 2 or 3 spans) must fall back to one span per key
     rng = np.random.default_rng(n_heads * 100 + n_keys)
     head_dim, max_seq = 6, 20
     q = rand(rng, n_heads, head_dim)
     k_cache, v_cache = rand(rng, max_seq, n_kv_heads, head_dim), rand(rng, max_seq, n_kv_heads, head_dim)
-    a, b = both("attention", lambda: (np.zeros((n_heads, head_dim), np.float32), q, k_cache, v_cache,
-                                      np.zeros((n_heads, max_seq), np.float32), n_keys))
+
+    def args():
+        return (np.zeros((n_heads, head_dim), np.float32), q, k_cache, v_cache,
+                np.zeros((n_heads, max_seq), np.float32), n_keys,
+                np.zeros((n_spans, n_heads, head_dim + 2), np.float32))
+
+    a, b = both("attention", args)
     close(a[0], b[0])
     k_cache[n_keys:] = np.nan  # keys past n_keys must never be read
-    out = np.zeros((n_heads, head_dim), np.float32)
-    K.attention(out, q, k_cache, v_cache, np.zeros((n_heads, max_seq), np.float32), n_keys)
-    close(out, a[0])
+    out = args()
+    K.attention(*out)
+    close(out[0], a[0])
 
 
 @pytest.mark.parametrize("T,start_pos", [(1, 0), (5, 0), (3, 7)])

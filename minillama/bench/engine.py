@@ -181,10 +181,10 @@ def _worker_engine(args, n_tokens: int, runs: int) -> dict:
     # time outside the jitted step: the same greedy loop with a no-op in place of the step
     # (same arguments, so the call's unboxing counts as outside; argmax and checks too)
     @njit(**dict(JIT, cache=False))
-    def no_op(w, s, token, pos, n_heads, eps):
+    def no_op(w, s, token, pos, n_heads, eps, n_spans):
         return pos
 
-    no_op(w, s, 1, 0, args.n_heads, args.norm_eps)
+    no_op(w, s, 1, 0, args.n_heads, args.norm_eps, 1)
     engine_module.forward_step = no_op
     try:
         around, _ = _decode_runs(step, engine.reset, n_tokens, max(runs, 5))
@@ -222,7 +222,7 @@ def _call(name, fn, *args):
     return fn(*args)
 
 
-def python_step(kernels, w, s, token, pos, n_heads, eps, call=_call):
+def python_step(kernels, w, s, token, pos, n_heads, eps, call=_call, n_spans=1):
     """engine.forward_step, line for line, in Python with the kernels of module `kernels`:
     the NumPy twins (the numpy baseline), or the Numba kernels called one at a time (the
     profile, whose `call(name, fn, *args)` times each). Returns the logits (vocab_size,)."""
@@ -237,7 +237,8 @@ def python_step(kernels, w, s, token, pos, n_heads, eps, call=_call):
              l, xb)
         call("rope", kernels.rope, q, s.cos[pos], s.sin[pos])
         call("rope", kernels.rope, k, s.cos[pos], s.sin[pos])
-        call("attention", kernels.attention, out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1)
+        call("attention", kernels.attention, out, q, s.key_cache[l], s.value_cache[l], s.att, pos + 1,
+             s.parts[:n_spans])
         call("wo matvec+add", kernels.matvec_add, x, w.wo, l, xb)
         call("rmsnorm", kernels.rmsnorm, xb, x, w.ffn_norm[l], eps)
         call("w1/w3 swiglu", kernels.swiglu_matvec, s.hb, w.w1, w.w3, l, xb)
@@ -269,6 +270,7 @@ def _worker_bandwidth(args, n_tokens: int, runs: int) -> dict:
 def _worker_profile(args, n_tokens: int, runs: int) -> dict:
     """Time per kernel class per token: the step's kernels called one by one from Python
     (each call's dispatch overhead, measured on a no-op with the same arguments, taken off)."""
+    import numba
     from numba import njit
 
     from minillama import kernels as K
@@ -297,12 +299,13 @@ def _worker_profile(args, n_tokens: int, runs: int) -> dict:
     for pos in range(n_tokens):  # the first token compiles the kernels: not counted
         if pos == 1:
             spent = {}
-        python_step(K, w, s, 1, pos, nh, eps, call=timed)
+        python_step(K, w, s, 1, pos, nh, eps, call=timed, n_spans=numba.get_num_threads())
     per_token_us = {k: 1e6 * v / (n_tokens - 1) for k, v in spent.items()}
-    forward_step(w, s, 1, 0, nh, eps)  # compile, or load from the cache, before timing
+    nb = numba.get_num_threads()
+    forward_step(w, s, 1, 0, nh, eps, nb)  # compile, or load from the cache, before timing
     t0 = time.perf_counter()
     for pos in range(n_tokens):
-        forward_step(w, s, 1, pos, nh, eps)
+        forward_step(w, s, 1, pos, nh, eps, nb)
     step_us = 1e6 * (time.perf_counter() - t0) / n_tokens
     return dict(kernels_us=per_token_us, step_us=step_us, dispatch_us=1e6 * overhead, decode=[])
 
