@@ -426,9 +426,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="runs per measurement, min-median-max shown (default 5)")
     p.add_argument("--baselines", default="torch,numpy", help="comma-separated: torch, numpy")
     p.add_argument("--llama2c", metavar="DIR",
-                   help="also run llama2.c's `run` and `runq` from DIR (build them with "
-                        "`sh ../shared/tools/llama2c/build.sh DIR`) on the same weights, and compare "
-                        "their greedy ids with the engine's")
+                   help="also run llama2.c's `run` and `runq` from DIR on the same weights, and "
+                        "compare their greedy ids with the engine's; build them in a clone of "
+                        "llama2.c's repository with `gcc -Ofast -march=native -fopenmp run.c -lm "
+                        "-o run` (and the same for runq.c); see README")
     p.add_argument("--json", metavar="FILE", help="write the machine, the settings and every row here")
     p.add_argument("--plot", metavar="FILE.png", help="plot decode tok/s against shape here")
     p.add_argument("--no-generate", action="store_true",

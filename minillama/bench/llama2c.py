@@ -1,6 +1,6 @@
 """llama2.c's `run` (fp32, v0 files) and `runq` (int8, v2 files) as a same-run baseline.
 
-The user builds them (`sh ../shared/tools/llama2c/build.sh DIR`); the bench writes the very
+The user builds them from llama2.c's sources (see README); the bench writes the very
 random weights it benchmarks as llama2.c files, runs each binary greedy for the same number
 of timed forward steps as the engine, and reads back both its speed and its greedy token ids.
 
