@@ -77,7 +77,9 @@ def _generate(args: argparse.Namespace) -> int:
         check_sampling(args.temperature, args.top_k, args.top_p)
         # numba: the engine reads the safetensors itself and torch is never imported, so
         # the first token comes quickly; torch: the lesson-05 model
-        model, tok = load_model(args.model, engine=args.engine)
+        model, tok = load_model(args.model, engine=args.engine, quant=args.quant)
+        if args.quant:
+            print(f"[quantized to {args.quant} in {model.quantize_seconds:.2f} s]", file=sys.stderr)
         print(args.prompt, end="", flush=True)
         out = generate(model, tok, args.prompt, stream=lambda s: print(s, end="", flush=True),
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="a model directory (default: the shipped course model)")
     gen.add_argument("--engine", choices=["numba", "torch"], default="numba",
                      help="numba: the jitted CPU engine (default); torch: the lesson-05 model")
+    gen.add_argument("--quant", choices=["q8_0", "q4_0"], default=None,
+                     help="quantize the weight matrices at load (numba engine; default: float32)")
     gen.add_argument("--max-new-tokens", type=int, default=200)
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")

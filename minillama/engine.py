@@ -6,29 +6,35 @@
     logits = engine.step(token)              # one more token at position engine.pos
 
 Structures (as in llama2.c's run.c): `Weights`, every matrix kind stacked over layers in
-one contiguous float32 array, and `RunState`, every buffer one step needs, preallocated,
-so the step allocates nothing. `forward_step` runs a token through all layers and the
+one contiguous array (float32, or quantized blocks), and `RunState`, every buffer one step
+needs, preallocated, so the step allocates nothing. `forward_step` runs a token through all layers and the
 classifier in a single jitted call: no Python per layer. `forward_prefill` does the same
 for a chunk of prompt tokens with matrix-matrix kernels, which read each weight once per
 chunk instead of once per token.
 
-How quantized weights plug in (the next issue): each of the eight matrix kinds (wq wk wv
-wo w1 w2 w3 output) is its own field of `Weights`, holding a format NamedTuple from
-`minillama.kernels` (today `F32Matrix(w)` with w (n_layers, rows, cols)). The kernels
-reach a matrix only through `row_dot` (decode) and `load_rows` (prefill), which dispatch
-on the format's class at compile time. A Q8_0, Q4_0 or NF4 matrix is another NamedTuple
-(say `Q8Matrix(qs, scales)`) registered with `kernels.register_format`; putting one in
-any field of `Weights` makes Numba compile a specialisation of the same `forward_step`
-for that mix of formats. Nothing here changes: not the step, not the kernel calls (see
-tests/test_engine.py, where a toy int8 format stands in for wq and w2). The embedding
-table and norms stay float32 (a row lookup and a few vectors per token). A format class
-must live in an importable module: Numba's cache index pickles every compiled signature,
-and a class it cannot import (a notebook's, a test's) breaks loading the cache elsewhere.
+Weight formats: each of the eight matrix kinds (wq wk wv wo w1 w2 w3 output) is its own
+field of `Weights`, holding a format NamedTuple: `F32Matrix(w)` with w (n_layers, rows,
+cols), or GGUF's Q8_0 / Q4_0 blocks (`Q8Matrix`, `Q4Matrix`, minillama/kernels_quant.py).
+The kernels dispatch on the format's class at compile time, so any mix of formats runs
+through the same `forward_step`, compiled once per mix:
+
+    engine = Engine.from_pretrained(path, quant="q8_0")            # or "q4_0"
+    engine = Engine.from_model(model, quant="q4_0", keep={"output"})  # output stays float32
+    print(engine.describe())                                        # each kind's format, bytes
+
+Quantizing happens at load (`engine.quantize_seconds`). The embedding table and norms stay
+float32 (a row lookup and a few vectors per token); with tied embeddings the classifier
+`output` is quantized as its own copy. A kind whose row length is not a multiple of 32
+stays float32, with a warning naming the tensor. A format class must live in an
+importable module: Numba's cache index pickles every compiled signature, and a class it
+cannot import (a notebook's, a test's) breaks loading the cache elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+import warnings
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,26 +46,30 @@ from minillama import kernels as K
 from minillama.config import ModelArgs, weight_shapes
 from minillama.generate import generate_ids
 from minillama.kernels import JIT, F32Matrix
+from minillama.kernels_quant import QUANT_MATRICES, Q4Matrix, Q8Matrix
+from minillama.quant import BlockSizeError
 from minillama.rope import rope_table
 
 PREFILL_CHUNK = 256  # tokens per prefill call: the chunk's activations stay in L2 (< 4 MB)
+MATRIX_KINDS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")  # what quant= quantizes
+Matrix = F32Matrix | Q8Matrix | Q4Matrix  # the weight formats of minillama.kernels
 
 
 class Weights(NamedTuple):
     """All weights, Meta's names; matrices stacked over layers (a format NamedTuple each)."""
 
-    tok_embeddings: np.ndarray  # (vocab_size, dim)
+    tok_embeddings: np.ndarray  # (vocab_size, dim) float32
     attention_norm: np.ndarray  # (n_layers, dim)
     ffn_norm: np.ndarray  # (n_layers, dim)
     norm: np.ndarray  # (dim,)
-    wq: F32Matrix  # (n_layers, n_heads * head_dim, dim)
-    wk: F32Matrix  # (n_layers, n_kv_heads * head_dim, dim)
-    wv: F32Matrix  # (n_layers, n_kv_heads * head_dim, dim)
-    wo: F32Matrix  # (n_layers, dim, n_heads * head_dim)
-    w1: F32Matrix  # (n_layers, hidden_dim, dim)   gate
-    w2: F32Matrix  # (n_layers, dim, hidden_dim)   down
-    w3: F32Matrix  # (n_layers, hidden_dim, dim)   up
-    output: F32Matrix  # (1, vocab_size, dim); shares tok_embeddings' memory when tied
+    wq: Matrix  # (n_layers, n_heads * head_dim, dim)
+    wk: Matrix  # (n_layers, n_kv_heads * head_dim, dim)
+    wv: Matrix  # (n_layers, n_kv_heads * head_dim, dim)
+    wo: Matrix  # (n_layers, dim, n_heads * head_dim)
+    w1: Matrix  # (n_layers, hidden_dim, dim)   gate
+    w2: Matrix  # (n_layers, dim, hidden_dim)   down
+    w3: Matrix  # (n_layers, hidden_dim, dim)   up
+    output: Matrix  # (1, vocab_size, dim); float32 and tied: tok_embeddings' memory
 
 
 class RunState(NamedTuple):
@@ -212,6 +222,54 @@ def weights_from_state_dict(args: ModelArgs, sd) -> Weights:
     )
 
 
+_TENSORS = {"wq": "attention.wq.weight", "wk": "attention.wk.weight", "wv": "attention.wv.weight",
+            "wo": "attention.wo.weight", "w1": "feed_forward.w1.weight",
+            "w2": "feed_forward.w2.weight", "w3": "feed_forward.w3.weight"}
+
+
+def _check_quant(quant: str | None, keep: Collection[str]) -> None:
+    if quant is not None and quant not in QUANT_MATRICES:
+        raise ValueError(f"unknown quant {quant!r}; accepted: {', '.join(QUANT_MATRICES)} "
+                         "(or None for float32)")
+    unknown = set(keep) - set(MATRIX_KINDS)
+    if unknown:
+        raise ValueError(f"keep= names no matrix kind: {sorted(unknown)}; the kinds are "
+                         f"{', '.join(MATRIX_KINDS)}")
+
+
+def _tensor_names(args: ModelArgs, kind: str) -> list[str]:
+    """The state-dict name of each matrix of a kind's stack (for errors and warnings)."""
+    if kind == "output":
+        return ["tok_embeddings.weight (tied, as output)" if args.tie_embeddings else "output.weight"]
+    return [f"layers.{l}.{_TENSORS[kind]}" for l in range(args.n_layers)]
+
+
+def quantize_weights(args: ModelArgs, w: Weights, quant: str,
+                     keep: Collection[str] = frozenset()) -> Weights:
+    """w with every float32 matrix kind not in keep stored as `quant` ("q8_0" or "q4_0"). A
+    kind whose row length is not a multiple of 32 stays float32, with a warning naming the
+    tensor; a NaN or inf raises ValueError naming it."""
+    _check_quant(quant, keep)
+    new = {}
+    for kind in MATRIX_KINDS:
+        W = getattr(w, kind)
+        if kind in keep or not isinstance(W, F32Matrix):
+            continue
+        try:
+            new[kind] = QUANT_MATRICES[quant].from_float(W.w, _tensor_names(args, kind))
+        except BlockSizeError as e:
+            warnings.warn(f"{e}; {kind} stays float32", stacklevel=2)
+    return w._replace(**new)
+
+
+def _matrix_info(W) -> tuple[str, tuple, int]:
+    """(format name, (n_mats, rows, cols), bytes stored, the last chunk's padding included)."""
+    nbytes = sum(a.nbytes for a in W if isinstance(a, np.ndarray))
+    if isinstance(W, F32Matrix):
+        return "f32", W.w.shape, nbytes
+    return getattr(W, "fmt", type(W).__name__), getattr(W, "shape", ()), nbytes
+
+
 class Engine:
     """A model ready for fast decoding: Weights, a RunState with its KV cache, a position."""
 
@@ -231,25 +289,60 @@ class Engine:
         # dynamic NTK's frequencies depend on the current length: rows are rewritten per call
         self._dynamic = args.rope_scaling is not None and args.rope_scaling.type == "dynamic"
         self.pos = 0  # tokens in the KV cache; the next token goes to this position
+        self.quantize_seconds = 0.0  # how long the loader took to quantize the weights
 
     @classmethod
-    def from_model(cls, model) -> Engine:
-        """An engine holding float32 copies of a torch `Llama`'s weights."""
-        return cls(model.args, weights_from_state_dict(model.args, model.state_dict()))
+    def from_model(cls, model, quant: str | None = None,
+                   keep: Collection[str] = frozenset()) -> Engine:
+        """An engine holding copies of a torch `Llama`'s weights: float32, or the matrix
+        kinds not in keep quantized to `quant` ("q8_0" or "q4_0")."""
+        return cls.from_state_dict(model.args, model.state_dict(), quant, keep)
 
     @classmethod
-    def from_state_dict(cls, args: ModelArgs, state_dict) -> Engine:
-        """An engine from Meta-named tensors (torch or numpy) matching args."""
-        return cls(args, weights_from_state_dict(args, state_dict))
+    def from_state_dict(cls, args: ModelArgs, state_dict, quant: str | None = None,
+                        keep: Collection[str] = frozenset()) -> Engine:
+        """An engine from Meta-named tensors (torch or numpy) matching args; quant as above."""
+        _check_quant(quant, keep)
+        return cls._quantized(args, weights_from_state_dict(args, state_dict), quant, keep)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> Engine:
+    def from_pretrained(cls, path: str | Path, quant: str | None = None,
+                        keep: Collection[str] = frozenset()) -> Engine:
         """Load a directory `Llama.from_pretrained` loads (transformers' format), straight
-        from its safetensors into NumPy: torch is never imported."""
+        from its safetensors into NumPy (torch is never imported); quant as above."""
         from minillama.formats.hf import read_hf_config, read_hf_state_dict
 
+        _check_quant(quant, keep)
         args = read_hf_config(path)
-        return cls(args, weights_from_state_dict(args, read_hf_state_dict(path, args)))
+        return cls._quantized(args, weights_from_state_dict(args, read_hf_state_dict(path, args)),
+                              quant, keep)
+
+    @classmethod
+    def _quantized(cls, args: ModelArgs, weights: Weights, quant: str | None,
+                   keep: Collection[str]) -> Engine:
+        t0 = time.perf_counter()
+        if quant is not None:
+            weights = quantize_weights(args, weights, quant, keep)
+        engine = cls(args, weights)
+        engine.quantize_seconds = time.perf_counter() - t0 if quant is not None else 0.0
+        return engine
+
+    def describe(self) -> str:
+        """A table of the matrix kinds: format, shape (n_mats, rows, cols) and bytes stored,
+        then the total and the time quantizing took."""
+        lines, total = [f"{'kind':<8}{'format':<8}{'shape':<24}{'bytes':>14}"], 0
+        for kind in MATRIX_KINDS:
+            W = getattr(self.weights, kind)
+            fmt, shape, nbytes = _matrix_info(W)
+            tied = isinstance(W, F32Matrix) and np.shares_memory(W.w, self.weights.tok_embeddings)
+            total += 0 if tied else nbytes
+            lines.append(f"{kind:<8}{fmt:<8}{str(shape):<24}{nbytes:>14,}"
+                         + ("  tok_embeddings' memory (tied)" if tied else ""))
+        quantized = any(not isinstance(getattr(self.weights, k), F32Matrix) for k in MATRIX_KINDS)
+        lines.append(f"matrices: {total:,} bytes ({total / 2**20:.1f} MiB); embeddings and norms "
+                     "float32; " + (f"quantizing took {self.quantize_seconds:.2f} s" if quantized
+                                    else "nothing quantized"))
+        return "\n".join(lines)
 
     def reset(self) -> None:
         """Forget the KV cache: the next token goes to position 0."""

@@ -1,6 +1,6 @@
 """Numba kernels for CPU inference, each with a NumPy twin in `minillama/kernels_ref.py`.
 
-    matvec(out, W, m, x)           out = W[m] @ x            prange over output rows
+    matvec(out, W, m, x)           out = W[m] @ x            prange over tiles of output rows
     matvec_add(out, W, m, x)       out += W[m] @ x           residual add fused in
     qkv_matvec(q, k, v, Wq, Wk, Wv, m, x)                    three matvecs, one parallel loop
     swiglu_matvec(out, W1, W3, m, x)  silu(W1[m] x) * (W3[m] x)
@@ -11,23 +11,27 @@
     linear(x, w)   rms_norm(x, weight, eps)   attend(q, k_cache, v_cache, n_keys)
                                    checked wrappers that allocate the output (lessons, tests)
 
-Kernels take the output first. The decode kernels allocate nothing; the prefill matmul
-takes a small scratch per block of rows, for formats that dequantize. The flags live in
-one place: `JIT` for every kernel and `PJIT` (parallel) for those with a `prange`, which
-is only ever on the outer loop (output rows, heads). `cache=True` on the serial kernels and
+Kernels take the output first. The decode kernels allocate nothing in float32 (a chunked
+format takes a (2, R) scratch per chunk); the prefill matmul takes a small scratch per
+block of rows, for formats that dequantize. The flags live in one place: `JIT` for every
+kernel and `PJIT` (parallel) for those with a `prange`, which is only ever on the outer
+loop (tiles of output rows, heads). `cache=True` on the serial kernels and
 the engine's entry points: a second run of the engine compiles nothing. (Numba's cache
-checks only the defining file's timestamp: after editing this file, delete the cached
-`engine.*` entries too, or the engine keeps the old kernels.)
+checks only the defining file's timestamp: after editing this file or kernels_quant.py,
+delete the cached `engine.*` entries too, or the engine keeps the old kernels.)
 
 Weight formats. A matrix argument `W` is not an array but a small NamedTuple whose class
 names its storage format; `F32Matrix(w)` holds a stack of float32 matrices
-`w (n_mats, rows, cols)`, so `W[m]` is layer m's matrix. The kernels reach a matrix only
-through functions that dispatch on the format's class at compile time:
-`row_dot(W, m, i, x)` (row i of matrix m dotted with x: decode) and
-`load_rows(W, m, i0, n, buf)` (n rows as float32, a view or dequantized into buf:
-prefill). A quantized format (Q8_0, Q4_0, NF4) is a new NamedTuple class plus those two
-and a `dequantize`, given to `register_format`; the kernels and the engine's step keep
-their structure, and Numba compiles one specialisation per mix of formats.
+`w (n_mats, rows, cols)`, so `W[m]` is layer m's matrix, and `Q8Matrix` / `Q4Matrix`
+(minillama/kernels_quant.py) hold GGUF's Q8_0 / Q4_0 blocks. The kernels reach a matrix
+only through functions that dispatch on the format's class at compile time. A decode
+kernel loops over tiles of output rows, `tile_matvec(out, W, m, c, x, mode)`: for a row
+format (`register_format`, float32) a tile is one row, `row_dot(W, m, i, x)`; for a
+chunked format (`register_chunked_format`, Q8_0 and Q4_0) it is a chunk of R rows,
+`chunk_dot`, with vector lanes across the rows (why: kernels_quant.py). Prefill reaches
+every format through `load_rows(W, m, i0, n, buf)` (n rows as float32, a view or
+dequantized into buf), and the NumPy twins through `dequantize(W, m)`. The kernels and the
+engine's step keep their structure; Numba compiles one specialisation per mix of formats.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ JIT = dict(cache=True, fastmath=FASTMATH, boundscheck=False, nogil=True)
 PJIT = dict(JIT, parallel=True, cache=False)
 
 # ---------------------------------------------------------------------------------------
-# Weight formats and the row-dot dispatch
+# Weight formats and their dispatch
 # ---------------------------------------------------------------------------------------
 
 
@@ -65,7 +69,9 @@ class F32Matrix(NamedTuple):
 
 
 class Format(NamedTuple):
-    row_dot: Callable  # jitted (W, m, i, x) -> float32: row i of matrix m dotted with x
+    row_dot: Callable | None  # row format: jitted (W, m, i, x) -> float32, row i of matrix m . x
+    chunk_rows: Callable | None  # chunked format: jitted (W) -> R, the rows of one chunk
+    chunk_dot: Callable | None  # chunked: jitted (acc, W, m, c, x, tmp), acc (R,) = chunk c . x
     load_rows: Callable  # jitted (W, m, i0, n, buf) -> float32 (n, cols): a view, or buf filled
     dequantize: Callable  # python (W, m) -> float32 (rows, cols): for twins and tests
 
@@ -75,8 +81,16 @@ FORMATS: dict[type, Format] = {}
 
 def register_format(cls: type, row_dot_impl: Callable, load_rows_impl: Callable,
                     dequantize_impl: Callable) -> None:
-    """Make NamedTuple class `cls` usable wherever a kernel takes a matrix W."""
-    FORMATS[cls] = Format(row_dot_impl, load_rows_impl, dequantize_impl)
+    """Make NamedTuple class `cls` usable wherever a kernel takes a matrix W: a row format,
+    whose decode kernels work one row at a time (row_dot)."""
+    FORMATS[cls] = Format(row_dot_impl, None, None, load_rows_impl, dequantize_impl)
+
+
+def register_chunked_format(cls: type, chunk_rows_impl: Callable, chunk_dot_impl: Callable,
+                            load_rows_impl: Callable, dequantize_impl: Callable) -> None:
+    """Make NamedTuple class `cls` usable wherever a kernel takes a matrix W: a chunked
+    format, whose decode kernels work R rows at a time (chunk_dot; see kernels_quant.py)."""
+    FORMATS[cls] = Format(None, chunk_rows_impl, chunk_dot_impl, load_rows_impl, dequantize_impl)
 
 
 def _format_of(W):
@@ -86,26 +100,76 @@ def _format_of(W):
     return fmt
 
 
-def row_dot(W, m, i, x):
-    """Row i of matrix m of W, dotted with x (cols,): a float32 scalar (any registered format)."""
-    return FORMATS[type(W)].row_dot(W, m, i, x)  # pure Python path (NUMBA_DISABLE_JIT=1)
+def dequantize(W, m: int) -> np.ndarray:
+    """Matrix m of W as float32 (rows, cols), whatever its format."""
+    return FORMATS[type(W)].dequantize(W, m)
 
 
 def load_rows(W, m, i0, n, buf):
     """Rows i0..i0+n-1 of matrix m as float32 (n, cols): a view, or dequantized into buf."""
-    return FORMATS[type(W)].load_rows(W, m, i0, n, buf)
-
-
-@overload(row_dot)
-def _row_dot_jit(W, m, i, x):
-    impl = _format_of(W).row_dot
-    return lambda W, m, i, x: impl(W, m, i, x)
+    return FORMATS[type(W)].load_rows(W, m, i0, n, buf)  # pure Python path (NUMBA_DISABLE_JIT=1)
 
 
 @overload(load_rows)
 def _load_rows_jit(W, m, i0, n, buf):
     impl = _format_of(W).load_rows
     return lambda W, m, i0, n, buf: impl(W, m, i0, n, buf)
+
+
+# The decode kernels split a matrix into tiles, the unit of work of one prange iteration:
+# a single row for a row format (float32's tuned loop: a row's dot product, a thread per
+# span of rows), a chunk of R rows for a chunked one (R dot products at once, with vector
+# lanes across rows). Each entry point below builds its implementation for a format once;
+# the same builder serves the jitted overload and the pure Python path.
+
+
+def _tile_rows_for(fmt: Format) -> Callable:
+    if fmt.chunk_rows is None:
+        return lambda W: 1
+    chunk_rows = fmt.chunk_rows
+    return lambda W: chunk_rows(W)
+
+
+def _tile_matvec_for(fmt: Format) -> Callable:
+    if fmt.chunk_rows is None:
+        row_dot = fmt.row_dot
+
+        def row_tile(out, W, m, c, x, mode):
+            _put1(out, c, row_dot(W, m, c, x), mode)
+        return row_tile
+    chunk_rows, chunk_dot = fmt.chunk_rows, fmt.chunk_dot
+
+    def chunk_tile(out, W, m, c, x, mode):
+        R = chunk_rows(W)
+        n = min(R, out.shape[0] - c * R)  # the last chunk's padding is neither computed nor written
+        # acc and tmp: one malloc per R rows. Scratch passed in instead ran at 9 GB/s against
+        # 14-19 (measured; LLVM can tell that a fresh allocation aliases no weight).
+        scratch = np.empty((2, n), np.float32)
+        chunk_dot(scratch[0], W, m, c, x, scratch[1])
+        for r in range(n):
+            _put1(out, c * R + r, scratch[0, r], mode)
+    return chunk_tile
+
+
+def tile_rows(W):
+    """Output rows per tile of W: 1 for a row format, R for a chunked one."""
+    return _tile_rows_for(FORMATS[type(W)])(W)
+
+
+def tile_matvec(out, W, m, c, x, mode):
+    """Tile c of W[m] @ x into out (rows,): per row, out = dot, out += dot or
+    out = silu(out) * dot (mode _STORE, _ADD, _SWIGLU)."""
+    return _tile_matvec_for(FORMATS[type(W)])(out, W, m, c, x, mode)
+
+
+@overload(tile_rows)
+def _tile_rows_jit(W):
+    return _tile_rows_for(_format_of(W))
+
+
+@overload(tile_matvec)
+def _tile_matvec_jit(out, W, m, c, x, mode):
+    return _tile_matvec_for(_format_of(W))
 
 
 @njit(**JIT)
@@ -123,11 +187,6 @@ def _f32_load_rows(W, m, i0, n, buf):
 
 
 register_format(F32Matrix, _f32_row_dot, _f32_load_rows, lambda W, m: W.w[m])
-
-
-def dequantize(W, m: int) -> np.ndarray:
-    """Matrix m of W as float32 (rows, cols), whatever its format."""
-    return FORMATS[type(W)].dequantize(W, m)
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,42 +244,68 @@ def _silu_mul(a, b):
 
 
 # ---------------------------------------------------------------------------------------
-# Matrix-vector kernels (decode: one token), prange over output rows
+# Matrix-vector kernels (decode: one token), prange over tiles of output rows
 # ---------------------------------------------------------------------------------------
+
+_STORE, _ADD, _SWIGLU = 0, 1, 2  # epilogues: out = acc, out += acc, out = silu(out) * acc
+
+
+@njit(**JIT)
+def _put1(out, i, acc, mode):
+    if mode == _STORE:
+        out[i] = acc
+    elif mode == _ADD:
+        out[i] += acc
+    else:
+        out[i] = _silu_mul(out[i], acc)
+
+
+@njit(**JIT)
+def n_tiles(W, rows):
+    """How many tiles of W cover `rows` output rows."""
+    t = tile_rows(W)
+    return (rows + t - 1) // t
 
 
 @njit(**PJIT)
 def matvec(out, W, m, x):
     """out (rows,) = W[m] (rows, cols) @ x (cols,)."""
-    for i in prange(out.shape[0]):
-        out[i] = row_dot(W, m, i, x)
+    for c in prange(n_tiles(W, out.shape[0])):
+        tile_matvec(out, W, m, c, x, _STORE)
 
 
 @njit(**PJIT)
 def matvec_add(out, W, m, x):
     """out (rows,) += W[m] @ x: the residual add rides along with the matvec."""
-    for i in prange(out.shape[0]):
-        out[i] += row_dot(W, m, i, x)
+    for c in prange(n_tiles(W, out.shape[0])):
+        tile_matvec(out, W, m, c, x, _ADD)
 
 
 @njit(**PJIT)
 def qkv_matvec(q, k, v, Wq, Wk, Wv, m, x):
     """q = Wq[m] x, k = Wk[m] x, v = Wv[m] x in one parallel loop (one thread launch, not three)."""
-    nq, nk = q.shape[0], k.shape[0]
-    for i in prange(nq + nk + v.shape[0]):
-        if i < nq:
-            q[i] = row_dot(Wq, m, i, x)
-        elif i < nq + nk:
-            k[i - nq] = row_dot(Wk, m, i - nq, x)
+    tq, tk = n_tiles(Wq, q.shape[0]), n_tiles(Wk, k.shape[0])
+    for c in prange(tq + tk + n_tiles(Wv, v.shape[0])):
+        if c < tq:
+            tile_matvec(q, Wq, m, c, x, _STORE)
+        elif c < tq + tk:
+            tile_matvec(k, Wk, m, c - tq, x, _STORE)
         else:
-            v[i - nq - nk] = row_dot(Wv, m, i - nq - nk, x)
+            tile_matvec(v, Wv, m, c - tq - tk, x, _STORE)
 
 
 @njit(**PJIT)
 def swiglu_matvec(out, W1, W3, m, x):
     """out (hidden,) = silu(W1[m] x) * (W3[m] x): SwiGLU's gate and up projections fused."""
-    for i in prange(out.shape[0]):
-        out[i] = _silu_mul(row_dot(W1, m, i, x), row_dot(W3, m, i, x))
+    if tile_rows(W1) == tile_rows(W3):
+        for c in prange(n_tiles(W1, out.shape[0])):
+            tile_matvec(out, W1, m, c, x, _STORE)
+            tile_matvec(out, W3, m, c, x, _SWIGLU)
+    else:  # formats that tile differently (one kept float32): a pass each
+        for c in prange(n_tiles(W1, out.shape[0])):
+            tile_matvec(out, W1, m, c, x, _STORE)
+        for c in prange(n_tiles(W3, out.shape[0])):
+            tile_matvec(out, W3, m, c, x, _SWIGLU)
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,8 +314,6 @@ def swiglu_matvec(out, W1, W3, m, x):
 # A block of 4 weight rows (dequantized once, if the format needs it) meets 4 tokens at a
 # time: 16 accumulators, 8 loads per 16 multiply-adds instead of 32, so the loop is bound
 # by arithmetic, not loads, and each weight row is read from memory once per batch.
-
-_STORE, _ADD, _SWIGLU = 0, 1, 2  # epilogues: out = acc, out += acc, out = silu(out) * acc
 
 
 @njit(**JIT)

@@ -1,7 +1,10 @@
 """Plain NumPy twins of `minillama/kernels.py`: same names, same signatures, output first.
 
-They are the specification the Numba kernels are tested against (tests/test_kernels.py),
-and the "plain NumPy" baseline of the engine benchmark. float32 throughout, like the kernels.
+They are the specification the Numba kernels are tested against (tests/test_kernels.py,
+tests/test_kernels_quant.py), and the "plain NumPy" baseline of the engine benchmark.
+float32 throughout, like the kernels. A matrix W of any registered format (float32, Q8_0,
+Q4_0) enters as `kernels.dequantize(W, m)`: the twins multiply by the values the format
+stores, so they are the specification for every format at once.
 """
 
 from __future__ import annotations

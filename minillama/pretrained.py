@@ -25,17 +25,20 @@ def load_tokenizer(path: str | Path):
     return Tokenizer.load(path) if path.suffix == ".json" else Tokenizer.from_sentencepiece(path)
 
 
-def load_model(path: str | Path | None = None, engine: str = "torch"):
+def load_model(path: str | Path | None = None, engine: str = "torch", quant: str | None = None):
     """(model, Tokenizer) from a model directory; default: the shipped model. engine
-    "torch": a Llama in eval mode; "numba": an `Engine` (which never imports torch)."""
+    "torch": a Llama in eval mode; "numba": an `Engine` (which never imports torch), its
+    matrices quantized at load if quant is "q8_0" or "q4_0"."""
     path = COURSE_MODEL if path is None else Path(path)
     if not path.is_dir():
         hint = " (the shipped model is missing: reinstall minillama)" if path == COURSE_MODEL else ""
         raise FileNotFoundError(f"model directory {path} does not exist{hint}")
+    if quant is not None and engine != "numba":
+        raise ValueError(f"quant={quant!r} needs the numba engine (engine='numba'), got {engine!r}")
     if engine == "numba":
         from minillama.engine import Engine
 
-        model = Engine.from_pretrained(path)
+        model = Engine.from_pretrained(path, quant=quant)
     elif engine == "torch":
         from minillama.model import Llama
 

@@ -159,14 +159,14 @@ def _prefill_runs(prefill, reset, n_tokens: int, runs: int) -> list[float]:
     return speeds
 
 
-def _worker_engine(args, n_tokens: int, runs: int) -> dict:
+def _worker_engine(args, n_tokens: int, runs: int, quant: str | None = None) -> dict:
     from numba import njit
 
     from minillama import engine as engine_module
     from minillama.engine import Engine, forward_step
     from minillama.kernels import JIT
 
-    engine = Engine.from_state_dict(args, _random_state_dict(args))
+    engine = Engine.from_state_dict(args, _random_state_dict(args), quant=quant)
     w, s = engine.weights, engine.state
 
     def step(token, pos):
@@ -347,6 +347,8 @@ def _worker_main(opts) -> int:
     args = get_preset(opts.shapes)
     if opts.worker == "llama2c-files":
         result = _worker_llama2c_files(args, opts)
+    elif opts.worker == "engine" and opts.quant:
+        result = _worker_engine(args, min(opts.tokens, args.max_seq_len), opts.runs, opts.quant)
     else:
         result = WORKERS[opts.worker](args, min(opts.tokens, args.max_seq_len), opts.runs)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -359,14 +361,34 @@ def _worker_main(opts) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+def quant_bytes_per_token(args, quant: str) -> tuple[float, float]:
+    """(bytes a decode step reads with every matrix kind in `quant`, those bytes per parameter
+    in bits): the matrices at the format's bits per weight, norms and one embedding row fp32."""
+    from minillama.quant import bits_per_weight
+
+    fp32 = weight_bytes_per_token(args)
+    vectors = 4 * args.dim * (2 * args.n_layers + 2)  # norms and the embedding row
+    matrices = (fp32 - vectors) / 4  # parameters in the matrices, the classifier included
+    total = matrices * bits_per_weight(quant) / 8 + vectors
+    return total, 8 * total / (matrices + vectors / 4)
+
+
 def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str],
-         c_binaries: dict, c_files: dict | None) -> dict:
+         c_binaries: dict, c_files: dict | None, quants: list[str] = ()) -> dict:
     from minillama.config import get_preset
 
+    args = get_preset(shape)
     r = {w: _run_worker(w, shape, threads, n_tokens, runs) for w in ["bandwidth", "engine", *baselines]}
+    for q in quants:
+        r[f"engine {q}"] = _run_worker("engine", shape, threads, n_tokens, runs, "--quant", q)
     c = llama2c.run_all(c_binaries, c_files, n_tokens, threads, runs) if c_files else {}
-    measured = {**{w: r[w] for w in ["engine", *baselines]}, **c}
+    engines = ["engine", *(f"engine {q}" for q in quants)]
+    measured = {**{w: r[w] for w in [*engines, *baselines]}, **c}
+    read = r["bandwidth"]["read_gbs"] * 1e9
+    qbytes = {f"engine {q}": quant_bytes_per_token(args, q) for q in quants}
     return dict(shape=shape, threads=threads, tokens=n_tokens,
+                quant_ceiling={b: read / v[0] for b, v in qbytes.items()},
+                quant_bits={b: v[1] for b, v in qbytes.items()},
                 decode={w: m["decode"] for w, m in measured.items()},
                 ceiling=r["bandwidth"]["read_gbs"] * 1e9 / weight_bytes_per_token(get_preset(shape)),
                 read_gbs=r["bandwidth"]["read_gbs"], copy_gbs=r["bandwidth"]["copy_gbs"],
@@ -390,7 +412,8 @@ def _shape_rows(shape: str, threads: list[int], opts, baselines: list[str], c_bi
                                 "--c-binaries", ",".join(c_binaries))
             files = {k: Path(v) for k, v in paths.items() if k != "peak_mb"}
         for n in threads:
-            rows.append(_row(shape, n, n_tokens, opts.runs, baselines, c_binaries, files))
+            rows.append(_row(shape, n, n_tokens, opts.runs, baselines, c_binaries, files,
+                             _quants(opts)))
             print(f"  {shape} at {n} thread(s): " + ", ".join(
                 f"{b} {report.spread(v)}" for b, v in rows[-1]["decode"].items()) + " tok/s", flush=True)
     return rows
@@ -430,6 +453,9 @@ def _parser() -> argparse.ArgumentParser:
                         "compare their greedy ids with the engine's; build them in a clone of "
                         "llama2.c's repository with `gcc -Ofast -march=native -fopenmp run.c -lm "
                         "-o run` (and the same for runq.c); see README")
+    p.add_argument("--quant", metavar="FORMATS",
+                   help="also the engine with every matrix quantized: comma-separated, from q8_0, "
+                        "q4_0 (compared with fp32, runq and the format's own bandwidth ceiling)")
     p.add_argument("--json", metavar="FILE", help="write the machine, the settings and every row here")
     p.add_argument("--plot", metavar="FILE.png", help="plot decode tok/s against shape here")
     p.add_argument("--no-generate", action="store_true",
@@ -445,7 +471,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quants(opts) -> list[str]:
+    return [q for q in (opts.quant or "").split(",") if q]
+
+
 def _check(opts, shapes: list[str], baselines: list[str]) -> str | None:
+    from minillama.kernels_quant import QUANT_MATRICES
+
+    if bad := [q for q in _quants(opts) if q not in QUANT_MATRICES]:
+        return f"unknown --quant format(s) {bad}; accepted: {', '.join(QUANT_MATRICES)}"
     bad = [s for s in shapes if s not in SHAPES] + [b for b in baselines if b not in ("torch", "numpy")]
     if bad or opts.tokens < 1 or opts.runs < 1:
         return (f"unknown shapes/baselines {bad} (shapes: {SHAPES}; baselines: torch, numpy), "
@@ -508,6 +542,7 @@ def _report(rows: list[dict], gen: dict | None, info: dict, opts) -> None:
     if rows:
         report.print_decode_table(rows)
         print()
+        report.print_quant_table(rows)
         report.print_detail_table(rows)
         for line in report.parity_lines(rows):
             print(line)
@@ -515,7 +550,7 @@ def _report(rows: list[dict], gen: dict | None, info: dict, opts) -> None:
         print_generate(gen)
     if opts.json:
         settings = {k: getattr(opts, k) for k in ("shapes", "threads", "tokens", "runs", "baselines",
-                                                  "llama2c")}
+                                                  "llama2c", "quant")}
         report.write_json(opts.json, dict(machine=info, settings=settings, rows=rows, generate=gen))
         print(f"\nwrote {opts.json}")
     if opts.plot and rows:

@@ -11,7 +11,8 @@ import json
 import statistics
 from pathlib import Path
 
-BACKENDS = ("engine", "torch", "numpy", "run", "runq")  # the order of columns and plot series
+QUANT_BACKENDS = ("engine q8_0", "engine q4_0")  # the engine with quantized matrices (--quant)
+BACKENDS = ("engine", *QUANT_BACKENDS, "torch", "numpy", "run", "runq")  # columns and plot series
 C_BACKENDS = ("run", "runq")
 
 
@@ -57,6 +58,26 @@ def print_decode_table(rows: list[dict]) -> None:
     if any(r["decode"].get(b) for r in rows for b in C_BACKENDS):
         print("run, runq: llama2.c's run.c (fp32) and runq.c (int8 Q8_0), built by the user and run "
               "here on the same random weights; `achieved tok/s` over the same number of steps.")
+
+
+def print_quant_table(rows: list[dict]) -> None:
+    """The quantized engines against fp32, llama2.c's runq and their own bandwidth ceiling."""
+    lines = [["shape", "thr", "format", "bits/weight", "tok/s", "x fp32", "x runq", "ceiling",
+              "% ceil"]]
+    for r in rows:
+        for b in QUANT_BACKENDS:
+            if not r["decode"].get(b):
+                continue
+            e, ceiling = _median(r["decode"][b]), r["quant_ceiling"][b]
+            runq = r["decode"].get("runq")
+            lines.append([r["shape"], str(r["threads"]), b.split()[-1], f"{r['quant_bits'][b]:.2f}",
+                          spread(r["decode"][b]), f"{e / _median(r['decode']['engine']):.2f}",
+                          f"{e / _median(runq):.2f}" if runq else "-", f"{ceiling:.0f}",
+                          f"{100 * e / ceiling:.0f}%"])
+    if len(lines) > 1:
+        _print_lines(lines)
+        print("\nbits/weight: bytes a decode step reads per parameter (scales included); ceiling: "
+              "read bandwidth / those bytes per token.\n")
 
 
 def print_detail_table(rows: list[dict]) -> None:
