@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="a model directory (default: the shipped course model)")
     gen.add_argument("--engine", choices=["numba", "torch"], default="numba",
                      help="numba: the jitted CPU engine (default); torch: the lesson-05 model")
-    gen.add_argument("--quant", choices=["q8_0", "q4_0"], default=None,
+    gen.add_argument("--quant", choices=["q8_0", "q4_0", "nf4"], default=None,
                      help="quantize the weight matrices at load (numba engine; default: float32)")
     gen.add_argument("--max-new-tokens", type=int, default=200)
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")

@@ -14,18 +14,19 @@ chunk instead of once per token.
 
 Weight formats: each of the eight matrix kinds (wq wk wv wo w1 w2 w3 output) is its own
 field of `Weights`, holding a format NamedTuple: `F32Matrix(w)` with w (n_layers, rows,
-cols), or GGUF's Q8_0 / Q4_0 blocks (`Q8Matrix`, `Q4Matrix`, minillama/kernels_quant.py).
+cols), GGUF's Q8_0 / Q4_0 blocks or QLoRA's NF4 (`Q8Matrix`, `Q4Matrix`, `NF4Matrix`,
+minillama/kernels_quant.py).
 The kernels dispatch on the format's class at compile time, so any mix of formats runs
 through the same `forward_step`, compiled once per mix:
 
-    engine = Engine.from_pretrained(path, quant="q8_0")            # or "q4_0"
+    engine = Engine.from_pretrained(path, quant="q8_0")            # or "q4_0", "nf4"
     engine = Engine.from_model(model, quant="q4_0", keep={"output"})  # output stays float32
     print(engine.describe())                                        # each kind's format, bytes
 
 Quantizing happens at load (`engine.quantize_seconds`). The embedding table and norms stay
 float32 (a row lookup and a few vectors per token); with tied embeddings the classifier
-`output` is quantized as its own copy. A kind whose row length is not a multiple of 32
-stays float32, with a warning naming the tensor. A format class must live in an
+`output` is quantized as its own copy. A kind whose row length is not a multiple of the
+format's block (32; NF4 64) stays float32, with a warning naming the tensor. A format class must live in an
 importable module: Numba's cache index pickles every compiled signature, and a class it
 cannot import (a notebook's, a test's) breaks loading the cache elsewhere.
 """
@@ -46,13 +47,13 @@ from minillama import kernels as K
 from minillama.config import ModelArgs, weight_shapes
 from minillama.generate import generate_ids
 from minillama.kernels import JIT, F32Matrix
-from minillama.kernels_quant import QUANT_MATRICES, Q4Matrix, Q8Matrix
+from minillama.kernels_quant import QUANT_MATRICES, NF4Matrix, Q4Matrix, Q8Matrix
 from minillama.quant import BlockSizeError
 from minillama.rope import rope_table
 
 PREFILL_CHUNK = 256  # tokens per prefill call: the chunk's activations stay in L2 (< 4 MB)
 MATRIX_KINDS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")  # what quant= quantizes
-Matrix = F32Matrix | Q8Matrix | Q4Matrix  # the weight formats of minillama.kernels
+Matrix = F32Matrix | Q8Matrix | Q4Matrix | NF4Matrix  # the weight formats of minillama.kernels
 
 
 class Weights(NamedTuple):
@@ -246,8 +247,8 @@ def _tensor_names(args: ModelArgs, kind: str) -> list[str]:
 
 def quantize_weights(args: ModelArgs, w: Weights, quant: str,
                      keep: Collection[str] = frozenset()) -> Weights:
-    """w with every float32 matrix kind not in keep stored as `quant` ("q8_0" or "q4_0"). A
-    kind whose row length is not a multiple of 32 stays float32, with a warning naming the
+    """w with every float32 matrix kind not in keep stored as `quant` (QUANT_MATRICES). A
+    kind whose row length is not a multiple of the block stays float32, with a warning naming the
     tensor; a NaN or inf raises ValueError naming it."""
     _check_quant(quant, keep)
     new = {}
@@ -295,7 +296,7 @@ class Engine:
     def from_model(cls, model, quant: str | None = None,
                    keep: Collection[str] = frozenset()) -> Engine:
         """An engine holding copies of a torch `Llama`'s weights: float32, or the matrix
-        kinds not in keep quantized to `quant` ("q8_0" or "q4_0")."""
+        kinds not in keep quantized to `quant` ("q8_0", "q4_0" or "nf4")."""
         return cls.from_state_dict(model.args, model.state_dict(), quant, keep)
 
     @classmethod
@@ -343,6 +344,19 @@ class Engine:
                      "float32; " + (f"quantizing took {self.quantize_seconds:.2f} s" if quantized
                                     else "nothing quantized"))
         return "\n".join(lines)
+
+    def bytes_per_token(self) -> int:
+        """Bytes of weights one decode step reads: every matrix as stored (the classifier
+        too when tied; a chunked format's padding rows are never read, so not counted),
+        the norms and one embedding row."""
+        total = 4 * self.args.dim * (2 * self.args.n_layers + 2)  # norms, an embedding row
+        for kind in MATRIX_KINDS:
+            W = getattr(self.weights, kind)
+            _, (_, rows, _), nbytes = _matrix_info(W)
+            # chunked: qs (n_mats, n_chunks, ..., R) stores n_chunks * R rows
+            stored = rows if isinstance(W, F32Matrix) else W.qs.shape[1] * W.qs.shape[-1]
+            total += nbytes * rows // stored
+        return total
 
     def reset(self) -> None:
         """Forget the KV cache: the next token goes to position 0."""

@@ -17,17 +17,17 @@ block of rows, for formats that dequantize. The flags live in one place: `JIT` f
 kernel and `PJIT` (parallel) for those with a `prange`, which is only ever on the outer
 loop (tiles of output rows, heads). `cache=True` on the serial kernels and
 the engine's entry points: a second run of the engine compiles nothing. (Numba's cache
-checks only the defining file's timestamp: after editing this file or kernels_quant.py,
+checks only the defining file's timestamp: after editing this file, kernels_quant.py or simd.py,
 delete the cached `engine.*` entries too, or the engine keeps the old kernels.)
 
 Weight formats. A matrix argument `W` is not an array but a small NamedTuple whose class
 names its storage format; `F32Matrix(w)` holds a stack of float32 matrices
-`w (n_mats, rows, cols)`, so `W[m]` is layer m's matrix, and `Q8Matrix` / `Q4Matrix`
-(minillama/kernels_quant.py) hold GGUF's Q8_0 / Q4_0 blocks. The kernels reach a matrix
+`w (n_mats, rows, cols)`, so `W[m]` is layer m's matrix, and `Q8Matrix` / `Q4Matrix` /
+`NF4Matrix` (minillama/kernels_quant.py) hold GGUF's Q8_0 / Q4_0 blocks and QLoRA's NF4. The kernels reach a matrix
 only through functions that dispatch on the format's class at compile time. A decode
 kernel loops over tiles of output rows, `tile_matvec(out, W, m, c, x, mode)`: for a row
 format (`register_format`, float32) a tile is one row, `row_dot(W, m, i, x)`; for a
-chunked format (`register_chunked_format`, Q8_0 and Q4_0) it is a chunk of R rows,
+chunked format (`register_chunked_format`, Q8_0, Q4_0, NF4) it is a chunk of R rows,
 `chunk_dot`, with vector lanes across the rows (why: kernels_quant.py). Prefill reaches
 every format through `load_rows(W, m, i0, n, buf)` (n rows as float32, a view or
 dequantized into buf), and the NumPy twins through `dequantize(W, m)`. The kernels and the

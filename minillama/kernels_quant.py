@@ -1,13 +1,16 @@
-"""GGUF's Q8_0 and Q4_0 as weight formats of the engine's kernels (minillama/kernels.py).
+"""GGUF's Q8_0 and Q4_0, and QLoRA's NF4, as weight formats of the engine's kernels.
 
     W = Q8Matrix.from_float(w, "attention.wq.weight")   # w (n_mats, rows, cols) float32
     W = Q4Matrix.from_float(w)
+    W = NF4Matrix.from_float(w)                         # cols % 64 == 0
     kernels.matvec(out, W, m, x)                        # any kernel that takes a matrix
     kernels.dequantize(W, m)                            # float32 (rows, cols): gguf's values
 
 The values and scales come from `minillama.quant` (q8_0_quantize, q4_0_quantize), so the
 blocks are GGUF's blocks, byte for byte: 32 values of a row and one fp16 scale d (kept
 here as float32, which holds every fp16 exactly). Only their order in memory differs.
+NF4's come from `quant.nf4_quantize` (bitsandbytes' bytes): 64 values of a row, two 4-bit
+codes a byte (value 2i in the high nibble), and a float32 absmax.
 
 Why the order matters. A row-at-a-time dot product over 32-value blocks (a dot of 32, then
 times d) ran at 1.2-3 GB/s of Q8_0 data in every variant measured: LLVM unrolls the block
@@ -18,16 +21,24 @@ value's index j in the block, then the row:
     Q8Matrix.qs  int8  (n_mats, n_chunks, nb, 32, R)    nb = cols // 32 blocks per row
     Q4Matrix.qs  uint8 (n_mats, n_chunks, nb, 16, R)    byte j: value j | value j + 16 << 4
     .d           float32 (n_mats, n_chunks, nb, R)
+    NF4Matrix.qs uint8 (n_mats, n_chunks, nb, 32, R)    nb = cols // 64; byte i: 2i << 4 | 2i + 1
+    .absmax      float32 (n_mats, n_chunks, nb, R)
 
 and a chunk's R outputs are computed together with long contiguous loops over the R rows
-(`_q8_chunk_dot`). Measured on one thread (Zen 4; bytes of qs and d per second, matrices
-of stories-sized shapes, more of them than L3 holds): Q8_0 18-22 GB/s and Q4_0 12-13 GB/s,
-that is 18-22 and 22-25 G weights/s, against 6-7 G weights/s (24-27 GB/s) for the float32
-matvec. (R = 64 ran at 13-16 GB/s.) The last chunk of a matrix whose rows are not a
-multiple of R is padded with zero rows (values and scales 0): storage padding, never part
-of the matrix; the kernels neither compute nor write the rows past `rows`.
+(`_q8_chunk_dot`). A 4-bit value is a lookup in a 16-entry table (NF4's codes, or Q4_0's
+nibble - 8), done 16 rows at a time by `simd.lut16_fma` (one vector permute; LLVM alone
+does the lookups one by one, at 3.8 G weights/s). Measured on one thread (Zen 4; bytes of
+qs and scales per second, stories-sized matrices, more of them than L3 holds): Q8_0 18-22
+GB/s, NF4 12-13.5 GB/s, that is 18-22 and 21-24 G weights/s, against 6-7 G weights/s (24-27
+GB/s) for the float32 matvec. (R = 64 ran at 13-16 GB/s. Q4_0's nibbles split in float32
+arithmetic instead of the table, 12-13 GB/s, decoded stories110M 8-10% slower.)
 
-A row length that is not a multiple of 32 cannot be stored: `quant.BlockSizeError`.
+The last chunk of a matrix whose rows are not a multiple of R is padded with zero rows
+(values and scales 0): storage padding, never part of the matrix; the kernels neither
+compute nor write the rows past `rows`.
+
+A row length that is not a multiple of the block (32; NF4 64) cannot be stored:
+`quant.BlockSizeError`.
 """
 
 from __future__ import annotations
@@ -39,8 +50,11 @@ import numpy as np
 from numba import njit
 
 from minillama.kernels import JIT, register_chunked_format
-from minillama.quant import q4_0_quantize, q8_0_quantize
+from minillama.quant import NF4_CODES, nf4_quantize, q4_0_quantize, q8_0_quantize
+from minillama.simd import lut16_fma
 
+_NF4_LUT = NF4_CODES.astype(np.float32)  # global arrays: constants of the compiled kernels
+_Q4_LUT = np.arange(-8, 8, dtype=np.float32)  # Q4_0's nibble q stands for q - 8
 CHUNK_ROWS = 128  # R: 18-22 GB/s of Q8_0 on one thread, R = 64 13-16 (lesson 10 builds this too)
 
 
@@ -57,7 +71,7 @@ class Q8Matrix(NamedTuple):
     def from_float(cls, w: np.ndarray, name: str | Sequence[str] = "w") -> Q8Matrix:
         """w (n_mats, rows, cols) float32, cols % 32 == 0 -> Q8Matrix; name (one per matrix,
         or one for all: matrix m is then name[m]) is what a BlockSizeError or NaN names."""
-        qs, d = _gguf_blocks(q8_0_quantize, w, name)
+        qs, d = _blocks(_gguf(q8_0_quantize), w, name)
         return cls(_chunked(qs), _chunked(d), w.shape[1])
 
     @property
@@ -78,7 +92,7 @@ class Q4Matrix(NamedTuple):
     @classmethod
     def from_float(cls, w: np.ndarray, name: str | Sequence[str] = "w") -> Q4Matrix:
         """w (n_mats, rows, cols) float32, cols % 32 == 0 -> Q4Matrix; name as for Q8Matrix."""
-        qs, d = _gguf_blocks(q4_0_quantize, w, name)
+        qs, d = _blocks(_gguf(q4_0_quantize), w, name)
         return cls(_chunked(qs), _chunked(d), w.shape[1])
 
     @property
@@ -87,7 +101,29 @@ class Q4Matrix(NamedTuple):
         return self.qs.shape[0], self.rows, self.qs.shape[2] * 32
 
 
-QUANT_MATRICES = {"q8_0": Q8Matrix, "q4_0": Q4Matrix}  # format name -> class
+class NF4Matrix(NamedTuple):
+    """QLoRA's NF4 blocks of 64 in chunks of R rows: value = NF4_CODES[nibble] * absmax."""
+
+    qs: np.ndarray  # uint8 (n_mats, n_chunks, nb, 32, R): values 2i (high) and 2i + 1 (low nibble)
+    absmax: np.ndarray  # float32 (n_mats, n_chunks, nb, R): each block's absmax
+    rows: int  # rows of each matrix; the last chunk's rows past it are padding
+
+    fmt = "nf4"
+
+    @classmethod
+    def from_float(cls, w: np.ndarray, name: str | Sequence[str] = "w") -> NF4Matrix:
+        """w (n_mats, rows, cols) float32, cols % 64 == 0 -> NF4Matrix; name as for Q8Matrix.
+        The absmaxes stay float32 (bnb's double quantization only shrinks what is stored)."""
+        qs, absmax = _blocks(_nf4_blocks, w, name)
+        return cls(_chunked(qs), _chunked(absmax), w.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(n_mats, rows, cols) of the matrices stored."""
+        return self.qs.shape[0], self.rows, self.qs.shape[2] * 64
+
+
+QUANT_MATRICES = {"q8_0": Q8Matrix, "q4_0": Q4Matrix, "nf4": NF4Matrix}  # format name -> class
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,15 +131,26 @@ QUANT_MATRICES = {"q8_0": Q8Matrix, "q4_0": Q4Matrix}  # format name -> class
 # ---------------------------------------------------------------------------------------
 
 
-def _gguf_blocks(quantize, w: np.ndarray, name) -> tuple[np.ndarray, np.ndarray]:
-    """w (n_mats, rows, cols) -> GGUF's qs (n_mats, rows, nb, k) and d (n_mats, rows, nb)
+def _gguf(quantize):
+    def blocks(w: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+        b = quantize(w, name=name).blocks  # (rows, nb) records
+        return b["qs"], b["d"].astype(np.float32)
+    return blocks
+
+
+def _nf4_blocks(w: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    q = nf4_quantize(w, name=name)
+    return q.packed.reshape(w.shape[0], -1, 32), q.absmax
+
+
+def _blocks(quantize, w: np.ndarray, name) -> tuple[np.ndarray, np.ndarray]:
+    """w (n_mats, rows, cols) -> values (n_mats, rows, nb, k) and scales (n_mats, rows, nb)
     float32, quantized a matrix at a time (each named in errors, temporaries one matrix big)."""
     if w.ndim != 3:
         raise ValueError(f"need a stack of matrices (n_mats, rows, cols), got shape {w.shape}")
     names = [f"{name}[{m}]" for m in range(len(w))] if isinstance(name, str) else list(name)
-    blocks = [quantize(w[m], name=names[m]).blocks for m in range(len(w))]  # each (rows, nb)
-    return (np.stack([b["qs"] for b in blocks]),
-            np.stack([b["d"] for b in blocks]).astype(np.float32))
+    parts = [quantize(w[m], names[m]) for m in range(len(w))]
+    return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
 
 
 def _chunked(a: np.ndarray, R: int = CHUNK_ROWS) -> np.ndarray:
@@ -133,6 +180,13 @@ def _q4_dequantize(W: Q4Matrix, m: int) -> np.ndarray:
     qs = W.qs[m]  # (n_chunks, nb, 16, R)
     q = np.concatenate([qs & 15, qs >> 4], axis=2).astype(np.int8) - 8  # (n_chunks, nb, 32, R)
     return _unchunked(q.astype(np.float32) * W.d[m][:, :, None, :], W.rows)
+
+
+def _nf4_dequantize(W: NF4Matrix, m: int) -> np.ndarray:
+    """Matrix m as float32 (rows, cols): code * absmax, as bnb's dequantize computes it."""
+    qs = W.qs[m]  # (n_chunks, nb, 32, R)
+    codes = np.stack([qs >> 4, qs & 15], axis=3).reshape(*qs.shape[:2], 64, qs.shape[3])
+    return _unchunked(NF4_CODES[codes] * W.absmax[m][:, :, None, :], W.rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,28 +222,25 @@ def _q8_chunk_dot(acc, W, m, c, x, tmp):
 @njit(**JIT)
 def _q4_chunk_dot(acc, W, m, c, x, tmp):
     """As _q8_chunk_dot, for Q4_0: acc (n,) = the first n rows of chunk c . x; tmp (n,).
-
-    The nibbles are split in float32, hi = floor(p / 16) and lo = p - 16 hi, all exact:
-    Numba widens integer masks and shifts to int64 and the converts to 64-bit lanes ran at
-    5 GB/s, against 13 for this. The -8 of every value is taken out of the sum:
-    sum (q - 8) x = sum q x - 8 sum x."""
+    Byte j of a block holds values j (low nibble) and j + 16 (high), each looked up as
+    nibble - 8 in a 16-entry table, 16 rows at a time (simd.py)."""
     qs, d = W.qs[m, c], W.d[m, c]  # (nb, 16, R), (nb, R)
     n = acc.shape[0]
+    n16 = n - n % 16
     acc[:] = 0.0
     for b in range(qs.shape[0]):
         tmp[:] = 0.0
-        xsum = np.float32(0.0)
         for j in range(16):
-            lo, hi = x[b * 32 + j], x[b * 32 + 16 + j]  # the values of byte j's two nibbles
-            xsum += lo + hi
+            x_lo, x_hi = x[b * 32 + j], x[b * 32 + 16 + j]
             pj = qs[b, j]  # (R,)
-            for r in range(n):
-                p = np.float32(pj[r])
-                h = np.floor(p * np.float32(0.0625))
-                tmp[r] += (p - np.float32(16) * h) * lo + h * hi
-        db, x8 = d[b], np.float32(8) * xsum  # (R,), scalar
+            for r0 in range(0, n16, 16):
+                lut16_fma(tmp, pj, r0, x_hi, x_lo, _Q4_LUT)
+            for r in range(n16, n):
+                p = pj[r]
+                tmp[r] += _Q4_LUT[p >> 4] * x_hi + _Q4_LUT[p & 15] * x_lo
+        db = d[b]  # (R,)
         for r in range(n):
-            acc[r] += db[r] * (tmp[r] - x8)
+            acc[r] += db[r] * tmp[r]
 
 
 @njit(**JIT)
@@ -220,5 +271,44 @@ def _q4_load_rows(W, m, i0, n, buf):
     return buf
 
 
+@njit(**JIT)
+def _nf4_chunk_dot(acc, W, m, c, x, tmp):
+    """As _q8_chunk_dot, for NF4: acc (n,) = the first n rows of chunk c . x; tmp (n,).
+    Byte i of a block holds values 2i and 2i + 1, looked up 16 rows at a time (simd.py)."""
+    qs, a = W.qs[m, c], W.absmax[m, c]  # (nb, 32, R), (nb, R)
+    n = acc.shape[0]
+    n16 = n - n % 16
+    acc[:] = 0.0
+    for b in range(qs.shape[0]):
+        tmp[:] = 0.0
+        for i in range(32):
+            x_hi, x_lo = x[b * 64 + 2 * i], x[b * 64 + 2 * i + 1]
+            pi = qs[b, i]  # (R,)
+            for r0 in range(0, n16, 16):
+                lut16_fma(tmp, pi, r0, x_hi, x_lo, _NF4_LUT)
+            for r in range(n16, n):
+                p = pi[r]
+                tmp[r] += _NF4_LUT[p >> 4] * x_hi + _NF4_LUT[p & 15] * x_lo
+        ab = a[b]  # (R,)
+        for r in range(n):
+            acc[r] += ab[r] * tmp[r]
+
+
+@njit(**JIT)
+def _nf4_load_rows(W, m, i0, n, buf):
+    """Rows i0..i0+n-1 of matrix m dequantized into buf (n, cols)."""
+    R = W.qs.shape[4]
+    for k in range(n):
+        c, r = (i0 + k) // R, (i0 + k) % R
+        for b in range(W.qs.shape[2]):
+            s = W.absmax[m, c, b, r]
+            for i in range(32):
+                p = W.qs[m, c, b, i, r]
+                buf[k, b * 64 + 2 * i] = _NF4_LUT[p >> 4] * s
+                buf[k, b * 64 + 2 * i + 1] = _NF4_LUT[p & 15] * s
+    return buf
+
+
 register_chunked_format(Q8Matrix, _chunk_rows, _q8_chunk_dot, _q8_load_rows, _q8_dequantize)
 register_chunked_format(Q4Matrix, _chunk_rows, _q4_chunk_dot, _q4_load_rows, _q4_dequantize)
+register_chunked_format(NF4Matrix, _chunk_rows, _nf4_chunk_dot, _nf4_load_rows, _nf4_dequantize)

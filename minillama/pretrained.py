@@ -28,7 +28,7 @@ def load_tokenizer(path: str | Path):
 def load_model(path: str | Path | None = None, engine: str = "torch", quant: str | None = None):
     """(model, Tokenizer) from a model directory; default: the shipped model. engine
     "torch": a Llama in eval mode; "numba": an `Engine` (which never imports torch), its
-    matrices quantized at load if quant is "q8_0" or "q4_0"."""
+    matrices quantized at load if quant is "q8_0", "q4_0" or "nf4"."""
     path = COURSE_MODEL if path is None else Path(path)
     if not path.is_dir():
         hint = " (the shipped model is missing: reinstall minillama)" if path == COURSE_MODEL else ""

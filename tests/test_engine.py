@@ -270,10 +270,10 @@ def test_a_quantized_matrix_stands_in_without_changing_the_step():
 # above. QUANT_ATOL = 1e-4 leaves room and stays far below what a wrong block, nibble or
 # scale does (O(0.1)).
 QUANT_ATOL = 1e-4
-# Every row length a multiple of 32 (dim 64, hidden 96); rows that are not a multiple of
-# the 128-row chunk (wk and wv 16, vocab 67)
-QCONFIGS = {"gqa": tiny(dim=64, n_heads=8, hidden_dim=96),
-            "tied": tiny(dim=64, n_heads=8, n_kv_heads=1, hidden_dim=96, tie_embeddings=True)}
+# Every row length a multiple of 64, NF4's block (dim 64, hidden 128); rows that are not a
+# multiple of the 128-row chunk (wk and wv 16, vocab 67)
+QCONFIGS = {"gqa": tiny(dim=64, n_heads=8, hidden_dim=128),
+            "tied": tiny(dim=64, n_heads=8, n_kv_heads=1, hidden_dim=128, tie_embeddings=True)}
 
 
 def as_float32(engine: Engine) -> Engine:
@@ -287,7 +287,7 @@ def as_float32(engine: Engine) -> Engine:
     return Engine(engine.args, w._replace(**plain))
 
 
-@pytest.fixture(scope="module", params=[(q, c) for q in ("q8_0", "q4_0") for c in QCONFIGS])
+@pytest.fixture(scope="module", params=[(q, c) for q in ("q8_0", "q4_0", "nf4") for c in QCONFIGS])
 def quantized_pair(request):
     quant, config = request.param
     model = randomize(Llama(QCONFIGS[config]), seed=10)
@@ -322,6 +322,20 @@ def test_quantized_weights_are_what_was_asked_for(quantized_pair):
     assert engine.quantize_seconds > 0
 
 
+def test_bytes_per_token_counts_what_a_step_reads(quantized_pair):
+    """By hand: float32 reads 4 bytes a parameter (the tied classifier twice: as the
+    embedding row and as the matrix); Q8_0 36 bytes per 32 weights (int8 and a float32
+    scale), Q4_0 20 per 32, NF4 36 per 64; norms and one embedding row in float32."""
+    engine, plain = quantized_pair
+    a = engine.args
+    kv = a.n_kv_heads * a.dim // a.n_heads
+    matrices = a.n_layers * (2 * a.dim * a.dim + 2 * kv * a.dim + 3 * a.dim * a.hidden_dim) + a.vocab_size * a.dim
+    vectors = a.dim * (2 * a.n_layers + 2)
+    per_weight = {"q8_0": 36 / 32, "q4_0": 20 / 32, "nf4": 36 / 64}[engine.weights.wq.fmt]
+    assert plain.bytes_per_token() == 4 * (matrices + vectors)
+    assert engine.bytes_per_token() == matrices * per_weight + 4 * vectors
+
+
 def test_quantize_keeps_what_it_is_told_to_and_warns_for_what_it_cannot():
     model = randomize(Llama(tiny(dim=64, n_heads=8, hidden_dim=70)), seed=12)
     with pytest.warns(UserWarning, match=r"layers\.0\.feed_forward\.w2\.weight.*w2 stays float32"):
@@ -329,6 +343,9 @@ def test_quantize_keeps_what_it_is_told_to_and_warns_for_what_it_cannot():
     w = engine.weights
     assert [type(getattr(w, k)).__name__ for k in ("wq", "w1", "w2", "w3", "output")] == \
         ["Q4Matrix", "Q4Matrix", "F32Matrix", "Q4Matrix", "F32Matrix"]
+    with pytest.warns(UserWarning, match=r"multiple of 64.*row length 70.*w2 stays float32"):
+        nf4 = Engine.from_model(model, quant="nf4")  # 64-blocks: w2 (70) stays float32 too
+    assert type(nf4.weights.w2).__name__ == "F32Matrix" and type(nf4.weights.w1).__name__ == "NF4Matrix"
     plain = as_float32(engine)
     for t in tokens(8, model.args.vocab_size):
         np.testing.assert_allclose(engine.step(t), plain.step(t), rtol=0, atol=QUANT_ATOL)
@@ -336,7 +353,7 @@ def test_quantize_keeps_what_it_is_told_to_and_warns_for_what_it_cannot():
 
 def test_bad_quant_options_and_non_finite_weights_are_refused():
     model = Llama(QCONFIGS["gqa"])
-    with pytest.raises(ValueError, match="accepted: q8_0, q4_0"):
+    with pytest.raises(ValueError, match="accepted: q8_0, q4_0, nf4"):
         Engine.from_model(model, quant="q5_k")
     with pytest.raises(ValueError, match="the kinds are wq, wk, wv, wo, w1, w2, w3, output"):
         Engine.from_model(model, quant="q8_0", keep={"tok_embeddings"})

@@ -192,7 +192,7 @@ def _worker_engine(args, n_tokens: int, runs: int, quant: str | None = None) -> 
         engine_module.forward_step = forward_step
     outside = statistics.median(decode) / statistics.median(around)  # time ratio
     return dict(decode=decode, prefill=prefill, first_call_s=first_call, outside_fraction=outside,
-                greedy_ids=ids)
+                greedy_ids=ids, bytes_per_token=engine.bytes_per_token())
 
 
 def _worker_torch(args, n_tokens: int, runs: int) -> dict:
@@ -361,18 +361,6 @@ def _worker_main(opts) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def quant_bytes_per_token(args, quant: str) -> tuple[float, float]:
-    """(bytes a decode step reads with every matrix kind in `quant`, those bytes per parameter
-    in bits): the matrices at the format's bits per weight, norms and one embedding row fp32."""
-    from minillama.quant import bits_per_weight
-
-    fp32 = weight_bytes_per_token(args)
-    vectors = 4 * args.dim * (2 * args.n_layers + 2)  # norms and the embedding row
-    matrices = (fp32 - vectors) / 4  # parameters in the matrices, the classifier included
-    total = matrices * bits_per_weight(quant) / 8 + vectors
-    return total, 8 * total / (matrices + vectors / 4)
-
-
 def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str],
          c_binaries: dict, c_files: dict | None, quants: list[str] = ()) -> dict:
     from minillama.config import get_preset
@@ -385,10 +373,13 @@ def _row(shape: str, threads: int, n_tokens: int, runs: int, baselines: list[str
     engines = ["engine", *(f"engine {q}" for q in quants)]
     measured = {**{w: r[w] for w in [*engines, *baselines]}, **c}
     read = r["bandwidth"]["read_gbs"] * 1e9
-    qbytes = {f"engine {q}": quant_bytes_per_token(args, q) for q in quants}
+    # what each quantized engine reads per token, as stored (a kind whose rows are not a
+    # whole number of blocks stays float32), against the float32 parameters read
+    qbytes = {b: r[b]["bytes_per_token"] for b in engines[1:]}
+    params = weight_bytes_per_token(args) / 4
     return dict(shape=shape, threads=threads, tokens=n_tokens,
-                quant_ceiling={b: read / v[0] for b, v in qbytes.items()},
-                quant_bits={b: v[1] for b, v in qbytes.items()},
+                quant_ceiling={b: read / v for b, v in qbytes.items()},
+                quant_bits={b: 8 * v / params for b, v in qbytes.items()},
                 decode={w: m["decode"] for w, m in measured.items()},
                 ceiling=r["bandwidth"]["read_gbs"] * 1e9 / weight_bytes_per_token(get_preset(shape)),
                 read_gbs=r["bandwidth"]["read_gbs"], copy_gbs=r["bandwidth"]["copy_gbs"],
@@ -455,7 +446,8 @@ def _parser() -> argparse.ArgumentParser:
                         "-o run` (and the same for runq.c); see README")
     p.add_argument("--quant", metavar="FORMATS",
                    help="also the engine with every matrix quantized: comma-separated, from q8_0, "
-                        "q4_0 (compared with fp32, runq and the format's own bandwidth ceiling)")
+                        "q4_0, nf4 (compared with fp32, runq and the format's own bandwidth "
+                        "ceiling; a matrix whose rows are not whole blocks stays fp32)")
     p.add_argument("--json", metavar="FILE", help="write the machine, the settings and every row here")
     p.add_argument("--plot", metavar="FILE.png", help="plot decode tok/s against shape here")
     p.add_argument("--no-generate", action="store_true",

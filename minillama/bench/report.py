@@ -11,7 +11,9 @@ import json
 import statistics
 from pathlib import Path
 
-QUANT_BACKENDS = ("engine q8_0", "engine q4_0")  # the engine with quantized matrices (--quant)
+from minillama.quant import QUANT_FORMATS
+
+QUANT_BACKENDS = tuple(f"engine {q}" for q in QUANT_FORMATS)  # the engine quantized (--quant)
 BACKENDS = ("engine", *QUANT_BACKENDS, "torch", "numpy", "run", "runq")  # columns and plot series
 C_BACKENDS = ("run", "runq")
 
