@@ -3,6 +3,8 @@
     windows = eval_windows(test_tokens, n_windows=16, seq_len=128)
     fp32 = next_token_stats(engine, windows)                      # loss and perplexity
     q8 = next_token_stats(q8_engine, windows, reference=engine)   # ... and KL from fp32
+    ref = log_probs(engine, windows)                              # the reference, computed once
+    q4 = next_token_stats(q4_engine, windows, reference=ref)      # for many models
 
 - **Perplexity** is exp(mean next-token loss): how many equally likely tokens the model is
   choosing between, on average (lesson 06).
@@ -60,16 +62,26 @@ def _logits(engine, window: np.ndarray) -> np.ndarray:
     return engine.prefill(window[:-1], all_logits=True)  # (seq_len, vocab_size)
 
 
+def log_probs(engine, windows: np.ndarray) -> np.ndarray:
+    """float64 (n, seq_len, vocab_size): the engine's next-token log-probabilities on each
+    window (n, seq_len + 1), to pass as next_token_stats' reference for many models."""
+    return np.stack([log_softmax(_logits(engine, w)) for w in windows])
+
+
 def next_token_stats(engine, windows: np.ndarray, reference=None) -> NextTokenStats:
-    """Loss and perplexity of an Engine on windows (n, seq_len + 1); with a reference Engine
-    (same vocabulary) also the mean KL(reference || engine) and the top-1 agreement."""
+    """Loss and perplexity of an Engine on windows (n, seq_len + 1); with a reference (an
+    Engine with the same vocabulary, or its log_probs on these windows) also the mean
+    KL(reference || engine) and the top-1 agreement."""
+    if isinstance(reference, np.ndarray) and reference.shape[:2] != (len(windows), windows.shape[1] - 1):
+        raise ValueError(f"reference log-probs of shape {reference.shape} do not fit windows "
+                         f"{windows.shape}: expected ({len(windows)}, {windows.shape[1] - 1}, vocab)")
     nll, kl, agree, count = 0.0, 0.0, 0, 0
-    for w in windows:
+    for i, w in enumerate(windows):
         logp = log_softmax(_logits(engine, w))  # (seq_len, vocab_size)
         targets = w[1:]
         nll -= float(logp[np.arange(len(targets)), targets].sum())
         if reference is not None:
-            ref = log_softmax(_logits(reference, w))
+            ref = reference[i] if isinstance(reference, np.ndarray) else log_softmax(_logits(reference, w))
             kl += float((np.exp(ref) * (ref - logp)).sum())
             agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
         count += len(targets)

@@ -56,6 +56,7 @@ JIT = dict(cache=True, fastmath=FASTMATH, boundscheck=False, nogil=True)
 # when a later process loads it (numba issues #8578, #10128; reproduced here). They are
 # compiled into, and cached with, their callers: the engine's forward_step and prefill.
 PJIT = dict(JIT, parallel=True, cache=False)
+SJIT = dict(JIT, cache=False)  # serial wrappers around parallel kernels: not cached either
 
 # ---------------------------------------------------------------------------------------
 # Weight formats and their dispatch
@@ -268,17 +269,24 @@ def n_tiles(W, rows):
 
 
 @njit(**PJIT)
+def _matvec_tiles(out, W, m, x, mode):
+    """The one parallel matvec loop: every tile of W[m] @ x into out, with epilogue `mode`
+    (a runtime argument, so that one compilation per format serves matvec, matvec_add and
+    both halves of swiglu_matvec: each prange costs Numba about a second to compile)."""
+    for c in prange(n_tiles(W, out.shape[0])):
+        tile_matvec(out, W, m, c, x, mode)
+
+
+@njit(**SJIT)
 def matvec(out, W, m, x):
     """out (rows,) = W[m] (rows, cols) @ x (cols,)."""
-    for c in prange(n_tiles(W, out.shape[0])):
-        tile_matvec(out, W, m, c, x, _STORE)
+    _matvec_tiles(out, W, m, x, np.int64(_STORE))
 
 
-@njit(**PJIT)
+@njit(**SJIT)
 def matvec_add(out, W, m, x):
     """out (rows,) += W[m] @ x: the residual add rides along with the matvec."""
-    for c in prange(n_tiles(W, out.shape[0])):
-        tile_matvec(out, W, m, c, x, _ADD)
+    _matvec_tiles(out, W, m, x, np.int64(_ADD))
 
 
 @njit(**PJIT)
@@ -294,18 +302,13 @@ def qkv_matvec(q, k, v, Wq, Wk, Wv, m, x):
             tile_matvec(v, Wv, m, c - tq - tk, x, _STORE)
 
 
-@njit(**PJIT)
+@njit(**SJIT)
 def swiglu_matvec(out, W1, W3, m, x):
-    """out (hidden,) = silu(W1[m] x) * (W3[m] x): SwiGLU's gate and up projections fused."""
-    if tile_rows(W1) == tile_rows(W3):
-        for c in prange(n_tiles(W1, out.shape[0])):
-            tile_matvec(out, W1, m, c, x, _STORE)
-            tile_matvec(out, W3, m, c, x, _SWIGLU)
-    else:  # formats that tile differently (one kept float32): a pass each
-        for c in prange(n_tiles(W1, out.shape[0])):
-            tile_matvec(out, W1, m, c, x, _STORE)
-        for c in prange(n_tiles(W3, out.shape[0])):
-            tile_matvec(out, W3, m, c, x, _SWIGLU)
+    """out (hidden,) = silu(W1[m] x) * (W3[m] x): SwiGLU's gate and up projections, the
+    product taken as W3's rows are computed (two passes over out, which stays in L1/L2;
+    at 2 threads this ran faster than one pass over both matrices)."""
+    _matvec_tiles(out, W1, m, x, np.int64(_STORE))
+    _matvec_tiles(out, W3, m, x, np.int64(_SWIGLU))
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,19 +373,19 @@ def _matmul(out, W, m, X, mode):
         _rows_times_batch(out, load_rows(W, m, i0, nr, buf), X, i0, mode)
 
 
-@njit(**dict(JIT, cache=False))  # calls a parallel kernel: uncached, see PJIT
+@njit(**SJIT)
 def matmul(out, W, m, X):
     """out (T, rows) = X (T, cols) @ W[m].T."""
     _matmul(out, W, m, X, np.int64(_STORE))  # np.int64: one compiled _matmul, not one per mode
 
 
-@njit(**dict(JIT, cache=False))  # calls a parallel kernel: uncached, see PJIT
+@njit(**SJIT)
 def matmul_add(out, W, m, X):
     """out (T, rows) += X @ W[m].T: the residual add."""
     _matmul(out, W, m, X, np.int64(_ADD))
 
 
-@njit(**dict(JIT, cache=False))  # calls a parallel kernel: uncached, see PJIT
+@njit(**SJIT)
 def swiglu_matmul(out, W1, W3, m, X):
     """out (T, hidden) = silu(X @ W1[m].T) * (X @ W3[m].T)."""
     _matmul(out, W1, m, X, np.int64(_STORE))

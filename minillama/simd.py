@@ -45,8 +45,8 @@ def _cpu_features() -> set[str]:
 def _isa() -> str | None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    if numba.config.CPU_NAME and not numba.config.CPU_FEATURES:
-        return None  # a named CPU (e.g. "generic" for a portable cache) with its own features
+    if numba.config.CPU_NAME not in (None, "", "host") and not numba.config.CPU_FEATURES:
+        return None  # a named CPU (e.g. "generic" for a portable cache): assume no vector permute
     feats = _cpu_features()
     return "avx512" if "avx512f" in feats else "avx2" if "avx2" in feats else None
 

@@ -17,7 +17,7 @@ from helpers import randomize
 
 from minillama.config import ModelArgs
 from minillama.engine import Engine
-from minillama.evaluate import eval_windows, log_softmax, next_token_stats
+from minillama.evaluate import eval_windows, log_probs, log_softmax, next_token_stats
 from minillama.model import Llama
 
 ATOL = 1e-5
@@ -35,6 +35,12 @@ def test_loss_and_kl_match_torch():
     tokens = np.random.default_rng(0).integers(0, ARGS.vocab_size, 500)
     windows = eval_windows(tokens, n_windows=5, seq_len=20)
     stats = next_token_stats(Engine.from_model(other), windows, reference=Engine.from_model(model))
+    # the reference's log-probs computed once give the same numbers as the reference engine
+    ref_lp = log_probs(Engine.from_model(model), windows)
+    assert ref_lp.shape == (5, 20, ARGS.vocab_size)
+    assert next_token_stats(Engine.from_model(other), windows, reference=ref_lp) == stats
+    with pytest.raises(ValueError, match=r"do not fit windows \(5, 21\)"):
+        next_token_stats(Engine.from_model(other), windows, reference=ref_lp[:3])
     ref_logits, logits = torch_logits(model, windows), torch_logits(other, windows)
     loss = F.cross_entropy(logits.flatten(0, 1), torch.as_tensor(windows[:, 1:]).flatten())
     kl = F.kl_div(F.log_softmax(logits, -1).flatten(0, 1), F.log_softmax(ref_logits, -1).flatten(0, 1),

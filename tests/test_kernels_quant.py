@@ -166,3 +166,19 @@ def test_lut16_fma_is_a_table_lookup_in_every_variant(variant):
     run(tmp, p, lut)
     np.testing.assert_allclose(tmp, want, rtol=0, atol=1e-6)
     assert tmp[0] == want[0] and tmp[-1] == want[-1]  # outside the spans: untouched
+
+
+@pytest.mark.parametrize("machine, name, features, isa", [
+    ("x86_64", None, "+avx2,+avx512f,+fma", "avx512"),
+    ("x86_64", None, "+avx2,-avx512f", "avx2"),
+    ("x86_64", None, "+sse4.2,-avx2", None),
+    ("x86_64", "generic", None, None),  # a portable build: the plain loop
+    ("aarch64", None, "+neon", None),
+])
+def test_the_lookup_variant_follows_the_target_cpu(monkeypatch, machine, name, features, isa):
+    import numba
+
+    monkeypatch.setattr(simd.platform, "machine", lambda: machine)
+    monkeypatch.setattr(numba.config, "CPU_NAME", name)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+    assert simd._isa() == isa
