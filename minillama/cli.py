@@ -94,6 +94,56 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    import shutil
+
+    from minillama import finetune as FT
+    from minillama import instruct, lora
+    from minillama.pretrained import COURSE_MODEL, TOKENIZER_FILE, load_model
+
+    try:
+        cfg = FT.FinetuneConfig(method="qlora" if args.qlora else "lora", template=args.template,
+                                system=args.system, r=args.r, alpha=args.alpha, steps=args.steps,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                targets=args.targets.split(",") if "," in args.targets else args.targets)
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise ValueError(f"{out} exists and is not empty: give a new --out directory")
+        import torch
+
+        from minillama.train import default_threads
+
+        torch.set_num_threads(args.threads or default_threads())
+        model_dir = Path(args.model) if args.model else COURSE_MODEL
+        model, tok = load_model(model_dir)
+        requests = instruct.eval_requests(args.eval, seed=1) if args.eval else []
+        score = {}
+        if requests:
+            score["before"] = FT.follow_score(model, tok, requests, cfg.template, cfg.system)
+            print(f"follow score before tuning: {score['before']:.0%} of {len(requests)} held-out requests")
+        FT.prepare(model, cfg)
+        print(lora.trainable_report(model))
+        history = FT.finetune(model, tok, cfg)
+        if requests:
+            score["after"] = FT.follow_score(model, tok, requests, cfg.template, cfg.system)
+            print(f"follow score after {cfg.method}: {score['after']:.0%}")
+        out = FT.write_run(out, model, model_dir, cfg, history, score or None)
+        print(f"adapter (peft format) in {out / 'adapter'}; loss curve {out / 'loss.png'}; "
+              f"{history[-1]['seconds']:.0f} s of training")
+        if args.merge:
+            from minillama.model import Llama
+
+            merged = Llama(model.args)
+            merged.load_state_dict(lora.merged_state_dict(model))
+            merged.save_pretrained(args.merge)
+            shutil.copy(model_dir / TOKENIZER_FILE, Path(args.merge) / TOKENIZER_FILE)
+            print(f"merged model directory: {args.merge}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillama", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -135,6 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--truncate", action="store_true",
                      help="keep the end of a prompt longer than the context instead of failing")
     gen.set_defaults(func=_generate)
+
+    f = sub.add_parser("finetune", help="instruction-tune a model with LoRA or QLoRA adapters")
+    f.add_argument("--out", required=True, help="new directory for the adapter, loss.csv/png, run.json")
+    f.add_argument("--model", help="base model directory (default: the shipped course model)")
+    f.add_argument("--qlora", action="store_true", help="QLoRA: the frozen base in NF4")
+    f.add_argument("--template", choices=["chat", "alpaca"], default="chat",
+                   help="chat: Llama 2's [INST] template (default); alpaca: instruction/response")
+    f.add_argument("--system", help="chat: a system prompt for every example")
+    f.add_argument("--targets", default="all-linear",
+                   help="comma-separated modules (wq,wv or q_proj,v_proj) or all-linear (default)")
+    f.add_argument("--r", type=int, default=8, help="adapter rank (default 8)")
+    f.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
+    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores)")
+    f.add_argument("--eval", type=int, default=50,
+                   help="held-out requests scored before and after (0: skip)")
+    f.add_argument("--merge", metavar="DIR", help="also write the merged model directory here")
+    f.set_defaults(func=_finetune)
 
     b = sub.add_parser("bench", help="benchmarks that print tables: tokenizer, engine")
     b.add_argument("what", choices=["tokenizer", "engine"], help="which benchmark")

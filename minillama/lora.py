@@ -378,7 +378,7 @@ def load_adapter(model, path: str | Path):
         value = tensors[key]
         if tuple(value.shape) != tuple(param.shape):
             raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
-        t = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        t = torch.from_numpy(np.array(value, dtype=np.float32))  # a copy: the file is a read-only map
         heads = _rope_heads(kind, model.args)
         if ab == "B" and heads is not None:
             t = permute_hf_to_meta(t, heads)
