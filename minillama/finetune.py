@@ -135,7 +135,7 @@ def finetune(model, tok, cfg: FinetuneConfig, progress: bool = True, log=None) -
         opt.step()
         history.append(dict(step=step + 1, loss=float(loss.detach()), lr=lr_at(step, cfg),
                             seconds=time.perf_counter() - t0))
-        bar.set_postfix(loss=f"{history[-1]["loss"]:.3f}")
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
         if log is not None:
             log(history[-1])
     model.eval()
