@@ -190,7 +190,8 @@ def write_run(out: str | Path, model, tok_path: str | Path, cfg: FinetuneConfig,
         fig, ax = plt.subplots(figsize=(6, 3.5))
         steps, losses = [h["step"] for h in history], [h["loss"] for h in history]
         ax.plot(steps, losses, lw=0.8)
-        ax.set(xlabel="step", ylabel="answer loss (nats/token)", title=f"{cfg.method}: r={cfg.r}, {cfg.template}")
+        ax.set(xlabel="step", ylabel="answer loss (nats/token)",
+               title=f"{cfg.method}: r={cfg.r}, {cfg.template}")
         fig.tight_layout()
         fig.savefig(out / "loss.png", dpi=110)
         plt.close(fig)

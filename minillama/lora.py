@@ -61,7 +61,7 @@ def resolve_targets(targets: str | tuple[str, ...] | list[str]) -> tuple[str, ..
         targets = META_TARGETS if targets == "all-linear" else (targets,)
     out = set()
     for t in targets:
-        t = t.rsplit(".", 1)[-1]  # peft writes resolved targets as full paths: model.layers.0.self_attn.q_proj
+        t = t.rsplit(".", 1)[-1]  # peft may write full paths: model.layers.0.self_attn.q_proj
         if t in META_TARGETS:
             out.add(t)
         elif t in _FROM_HF:
@@ -293,7 +293,8 @@ def memory_report(model) -> dict[str, int]:
 
 
 def _peft_key(layer: int, kind: str, ab: str) -> str:
-    return f"base_model.model.model.layers.{layer}.{_HF_BLOCK[_BLOCK[kind]]}.{HF_NAMES[kind]}.lora_{ab}.weight"
+    module = f"{_HF_BLOCK[_BLOCK[kind]]}.{HF_NAMES[kind]}"
+    return f"base_model.model.model.layers.{layer}.{module}.lora_{ab}.weight"
 
 
 def _rope_heads(kind: str, args) -> int | None:
@@ -349,7 +350,8 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
     return LoRAConfig(r=int(c["r"]), alpha=float(c.get("lora_alpha", c["r"])),
                       dropout=float(c.get("lora_dropout", 0.0)), targets=targets,
                       rslora=bool(c.get("use_rslora", False)),
-                      layers=None if layers is None else tuple([layers] if isinstance(layers, int) else layers))
+                      layers=None if layers is None else
+                      tuple([layers] if isinstance(layers, int) else layers))
 
 
 def load_adapter(model, path: str | Path):

@@ -329,7 +329,8 @@ def test_bytes_per_token_counts_what_a_step_reads(quantized_pair):
     engine, plain = quantized_pair
     a = engine.args
     kv = a.n_kv_heads * a.dim // a.n_heads
-    matrices = a.n_layers * (2 * a.dim * a.dim + 2 * kv * a.dim + 3 * a.dim * a.hidden_dim) + a.vocab_size * a.dim
+    per_layer = 2 * a.dim * a.dim + 2 * kv * a.dim + 3 * a.dim * a.hidden_dim
+    matrices = a.n_layers * per_layer + a.vocab_size * a.dim
     vectors = a.dim * (2 * a.n_layers + 2)
     per_weight = {"q8_0": 36 / 32, "q4_0": 20 / 32, "nf4": 36 / 64}[engine.weights.wq.fmt]
     assert plain.bytes_per_token() == 4 * (matrices + vectors)

@@ -22,8 +22,7 @@ from numba import njit
 from test_kernels import both, close, rand
 
 from minillama import kernels as K
-from minillama import quant
-from minillama import simd
+from minillama import quant, simd
 from minillama.kernels_quant import CHUNK_ROWS, NF4Matrix, Q4Matrix, Q8Matrix
 
 FORMATS = {"q8_0": Q8Matrix, "q4_0": Q4Matrix, "nf4": NF4Matrix}

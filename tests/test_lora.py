@@ -105,8 +105,9 @@ def test_targets_resolve_by_either_name():
 def test_only_the_adapters_train_and_are_counted():
     model = model_with(targets=["wq", "w2"], r=4)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    kinds = [("attention", "wq"), ("feed_forward", "w2")]
     assert sorted(trainable) == sorted(f"layers.{i}.{b}.{k}.lora_{ab}" for i in range(2)
-                                       for b, k in [("attention", "wq"), ("feed_forward", "w2")] for ab in "AB")
+                                       for b, k in kinds for ab in "AB")
     by_hand = 2 * (4 * (64 + 64) + 4 * (128 + 64))  # r (in + out) per target per layer
     report = lora.trainable_report(model)
     assert report.startswith(f"trainable {by_hand:,} of ")
@@ -162,7 +163,8 @@ def test_our_adapter_loads_in_peft_with_the_same_logits(hf_base, tmp_path):
     model = model_with(targets=["wq", "wk", "wo", "w1", "w3"], rslora=True)  # q/k: permuted B
     lora.save_adapter(model, tmp_path / "adapter")
     pm = peft.PeftModel.from_pretrained(hf_model(hf_base), tmp_path / "adapter").eval()
-    assert set(pm.peft_config["default"].target_modules) == {"q_proj", "k_proj", "o_proj", "gate_proj", "up_proj"}
+    assert set(pm.peft_config["default"].target_modules) == {"q_proj", "k_proj", "o_proj", "gate_proj",
+                                                             "up_proj"}
     x = ids()
     with torch.no_grad():
         ours, theirs = model(x), pm(x).logits
@@ -227,7 +229,8 @@ def test_nf4_linear_forward_and_backward_use_the_dequantized_weight():
 
 def test_qlora_model_trains_only_adapters_and_matches_its_formula():
     model = randomize(Llama(ARGS), seed=0)
-    fp32_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".attention." in n or ".feed_forward." in n)
+    fp32_bytes = sum(p.numel() * 4 for n, p in model.named_parameters()
+                     if ".attention." in n or ".feed_forward." in n)
     lora.quantize_base_nf4(model)
     lora.add_lora(model, lora.LoRAConfig(r=4, alpha=8, targets="all-linear"))
     mem = lora.memory_report(model)
