@@ -24,8 +24,8 @@ Weight formats. A matrix argument `W` is not an array but a small NamedTuple who
 names its storage format; `F32Matrix(w)` holds a stack of float32 matrices
 `w (n_mats, rows, cols)`, so `W[m]` is layer m's matrix, and `Q8Matrix` / `Q4Matrix` /
 `NF4Matrix` (minillama/kernels_quant.py) hold GGUF's Q8_0 / Q4_0 blocks and QLoRA's NF4.
-The kernels reach a matrix only through functions that dispatch on the format's class at compile time. A decode
-kernel loops over tiles of output rows, `tile_matvec(out, W, m, c, x, mode)`: for a row
+The kernels reach a matrix only through functions that dispatch on the format's class at
+compile time. A decode kernel loops over tiles of output rows, `tile_matvec(out, W, m, c, x, mode)`: for a row
 format (`register_format`, float32) a tile is one row, `row_dot(W, m, i, x)`; for a
 chunked format (`register_chunked_format`, Q8_0, Q4_0, NF4) it is a chunk of R rows,
 `chunk_dot`, with vector lanes across the rows (why: kernels_quant.py). Prefill reaches
