@@ -144,6 +144,47 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from minillama.chat import ChatSession, load_chat_model
+
+    try:
+        engine, tok = load_chat_model(args.model, args.adapter)
+        session = ChatSession(engine, tok, system=args.system, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("[chat in the Llama 2 template; /reset forgets the conversation, /quit or Ctrl-D ends]",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            session.turns.clear()
+            print("[conversation forgotten]", file=sys.stderr)
+            continue
+        before = session.forgotten
+        try:
+            session.prompt_ids(text)  # drops the oldest turns if the context is full
+        except ValueError as e:
+            print(f"[{e}]", file=sys.stderr)
+            continue
+        if session.forgotten > before:
+            print(f"[context of {engine.args.max_seq_len} tokens full: dropped the "
+                  f"{session.forgotten - before} oldest turn(s)]", file=sys.stderr)
+        print("model> ", end="", flush=True)
+        session.reply(text, stream=lambda piece: print(piece, end="", flush=True))
+        print()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillama", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -206,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out requests scored before and after (0: skip)")
     f.add_argument("--merge", metavar="DIR", help="also write the merged model directory here")
     f.set_defaults(func=_finetune)
+
+    ch = sub.add_parser("chat", help="chat with the instruction-tuned model (Llama 2 chat template)")
+    ch.add_argument("--model", help="base model directory (default: the shipped course model)")
+    ch.add_argument("--adapter", help="a peft adapter directory (default: the shipped chat adapter)")
+    ch.add_argument("--system", help="a system prompt")
+    ch.add_argument("--max-new-tokens", type=int, default=300)
+    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ch.add_argument("--seed", type=int, default=None)
+    ch.set_defaults(func=_chat)
 
     b = sub.add_parser("bench", help="benchmarks that print tables: tokenizer, engine")
     b.add_argument("what", choices=["tokenizer", "engine"], help="which benchmark")

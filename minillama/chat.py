@@ -1,0 +1,85 @@
+"""A multi-turn chat in Llama 2's chat template (lesson 11): `minillama chat`.
+
+    engine, tok = load_chat_model(adapter="runs/lora/adapter")   # base + adapter, merged
+    session = ChatSession(engine, tok, system="You tell short stories.")
+    print(session.reply("Tell me a story about Mia and an owl at the beach."))
+    print(session.reply("Now one about Tom and a goat on the farm."))
+
+The whole conversation is rendered into ids at every turn (`instruct.chat_ids`: BOS,
+`[INST] ... [/INST]`, the answer, EOS, per turn), so the model sees its earlier answers.
+When the conversation no longer fits the context with room for an answer, the oldest turns
+are dropped, and `reply` says so through `session.forgotten`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from minillama import instruct
+
+SHIPPED_ADAPTER = Path(__file__).with_name("assets") / "chat"
+
+
+class ChatSession:
+    """The turns so far and the engine that answers."""
+
+    def __init__(self, engine, tok, system: str | None = None, max_new_tokens: int = 300,
+                 temperature: float = 0.0, seed: int | None = None):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.engine, self.tok, self.system = engine, tok, system
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        self.turns: list[tuple[str, str]] = []
+        self.forgotten = 0  # turns dropped because the context was full
+
+    def prompt_ids(self, user: str) -> list[int]:
+        """The ids of the conversation with `user` as the next message, the oldest turns
+        dropped until an answer of max_new_tokens fits the context."""
+        if not user.strip():
+            raise ValueError("empty message: type some text")
+        limit = self.engine.args.max_seq_len - self.max_new_tokens
+        while True:
+            ids = instruct.chat_ids(self.tok, [*self.turns, (user, None)], self.system).ids
+            if len(ids) <= limit:
+                return ids
+            if not self.turns:
+                raise ValueError(f"the message takes {len(ids)} tokens; with an answer of "
+                                 f"{self.max_new_tokens} tokens it does not fit the context of "
+                                 f"{self.engine.args.max_seq_len}: shorten it")
+            self.turns.pop(0)
+            self.forgotten += 1
+
+    def reply(self, user: str, stream: Callable[[str], None] | None = None) -> str:
+        """The model's answer to `user` (streamed piece by piece if stream is given)."""
+        from minillama.generate import StreamDecoder
+
+        ids = self.prompt_ids(user)
+        decoder = StreamDecoder(self.tok)
+        out = self.engine.generate(ids, self.max_new_tokens, temperature=self.temperature,
+                                   seed=self.seed, stop_ids=[self.tok.eos_id],
+                                   stream=(lambda t: stream(decoder.push(t))) if stream else None)
+        if stream:
+            stream(decoder.flush())
+        answer = self.tok.decode(out).strip()
+        self.turns.append((user, answer))
+        return answer
+
+
+def load_chat_model(model: str | Path | None = None, adapter: str | Path | None = None):
+    """(Engine, Tokenizer): the base model directory (default: the shipped one) with a peft
+    adapter merged in (default: the shipped chat adapter)."""
+    from minillama import lora
+    from minillama.engine import Engine
+    from minillama.model import Llama
+    from minillama.pretrained import COURSE_MODEL, load_tokenizer
+
+    model_dir = Path(model) if model else COURSE_MODEL
+    adapter_dir = Path(adapter) if adapter else SHIPPED_ADAPTER
+    if not (adapter_dir / lora.CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"no chat adapter at {adapter_dir} ({lora.CONFIG_FILE} missing); "
+                                "make one with `minillama finetune --out DIR` and pass "
+                                "--adapter DIR/adapter")
+    base = Llama.from_pretrained(model_dir)
+    lora.load_adapter(base, adapter_dir)
+    return Engine.from_state_dict(base.args, lora.merged_state_dict(base)), load_tokenizer(model_dir)
