@@ -46,6 +46,8 @@ class FinetuneConfig:
     lr: float = 2e-3
     warmup: int = 20
     n_pairs: int = 4000  # distinct training pairs drawn from the generator
+    answer_tokens: int | None = 128  # cut answers after this many tokens (None: whole stories)
+    whole_share: float = 0.25  # ... except this share of the pairs, kept whole with their EOS
     seed: int = 0
 
     def __post_init__(self):
@@ -73,6 +75,13 @@ def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
 def encode_pairs(tok, pairs, template: str, system: str | None = None) -> list[instruct.Tokens]:
     """Each pair as ids and a loss mask in the template."""
     return [instruct.template_ids(tok, p.instruction, p.response, template, system) for p in pairs]
+
+
+def cut_answer(e: instruct.Tokens, n: int) -> instruct.Tokens:
+    """e with its answer cut after n tokens (and so without its EOS): the name, the pet
+    and the place come in a story's first sentences, and a shorter example costs less."""
+    start = e.mask.index(1) if 1 in e.mask else len(e.ids)
+    return instruct.Tokens(e.ids[:start + n], e.mask[:start + n])
 
 
 def collate(examples: list[instruct.Tokens], pad_id: int = 0):
@@ -115,6 +124,10 @@ def finetune(model, tok, cfg: FinetuneConfig, progress: bool = True, log=None) -
     max_len = model.args.max_seq_len
     examples = [e for e in encode_pairs(tok, instruct.instruction_pairs(cfg.n_pairs, cfg.seed),
                                         cfg.template, cfg.system) if len(e.ids) <= max_len]
+    if cfg.answer_tokens is not None:  # every 1 / whole_share-th pair stays whole
+        every = round(1 / cfg.whole_share) if cfg.whole_share > 0 else 0
+        examples = [e if every and i % every == 0 else cut_answer(e, cfg.answer_tokens)
+                    for i, e in enumerate(examples)]
     if not examples:
         raise ValueError(f"no training example fits max_seq_len {max_len}")
     params = [p for p in model.parameters() if p.requires_grad]

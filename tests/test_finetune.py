@@ -52,7 +52,7 @@ def test_a_short_lora_run_lowers_the_answer_loss_and_trains_only_adapters():
     torch.manual_seed(0)
     model, tok = load_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = FT.FinetuneConfig(steps=12, batch_size=4, lr=3e-3, warmup=2, n_pairs=64, r=4)
+    cfg = FT.FinetuneConfig(steps=12, batch_size=4, lr=3e-3, warmup=2, n_pairs=64, r=4, answer_tokens=64)
     examples = FT.encode_pairs(tok, instruct.instruction_pairs(8, seed=5), cfg.template)
     x, y, m = FT.collate(examples)
 
@@ -70,3 +70,9 @@ def test_a_short_lora_run_lowers_the_answer_loss_and_trains_only_adapters():
     assert changed and all(k.endswith(("wq.weight", "wk.weight", "wv.weight", "wo.weight", "w1.weight",
                                        "w2.weight", "w3.weight")) for k in changed)
     assert load_tokenizer(COURSE_MODEL).eos_id == tok.eos_id
+
+
+def test_cut_answer_keeps_the_prompt_and_the_first_answer_tokens():
+    e = instruct.Tokens([1, 5, 6, 7, 8, 9, 2], [0, 0, 0, 1, 1, 1, 1])
+    assert FT.cut_answer(e, 2) == instruct.Tokens([1, 5, 6, 7, 8], [0, 0, 0, 1, 1])
+    assert FT.cut_answer(e, 10) == e  # shorter than the cut: unchanged, EOS kept
