@@ -236,11 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--system", help="chat: a system prompt for every example")
     f.add_argument("--targets", default="all-linear",
                    help="comma-separated modules (wq,wv or q_proj,v_proj) or all-linear (default)")
-    f.add_argument("--r", type=int, default=8, help="adapter rank (default 8)")
-    f.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--r", type=int, default=16, help="adapter rank (default 16)")
+    f.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (default 32)")
+    f.add_argument("--steps", type=int, default=400, help="optimizer steps (default 400)")
     f.add_argument("--batch-size", type=int, default=8)
-    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--lr", type=float, default=3e-3)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores)")
     f.add_argument("--eval", type=int, default=50,

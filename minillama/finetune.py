@@ -1,7 +1,7 @@
 """Instruction tuning with LoRA or QLoRA (lesson 11): `minillama finetune`.
 
     model, tok = load_model()                          # the shipped story model (torch)
-    cfg = FinetuneConfig(method="lora", steps=300)     # or method="qlora": an NF4 base
+    cfg = FinetuneConfig(method="lora", steps=400)     # or method="qlora": an NF4 base
     history = finetune(model, tok, cfg)                # adapters only; a progress bar
     print(follow_score(model, tok, eval_requests(50), cfg.template))
 
@@ -36,17 +36,20 @@ class FinetuneConfig:
     method: str = "lora"  # "lora", or "qlora" (the frozen base in NF4)
     template: str = "chat"  # "chat" (Llama 2) or "alpaca"
     system: str | None = None  # chat: a system prompt for every example
-    r: int = 8
-    alpha: float = 16.0
+    # defaults measured on the shipped model (2 threads, AMD EPYC): r 16, lr 3e-3, answers
+    # cut at 64 tokens: 7% of held-out requests followed at step 150, 90% at 300, 100% at
+    # 600 (40 requests, half in unseen phrasings), about 0.85 s a step
+    r: int = 16
+    alpha: float = 32.0
     dropout: float = 0.05
     targets: str | tuple[str, ...] = "all-linear"
     rslora: bool = False
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 20
     n_pairs: int = 4000  # distinct training pairs drawn from the generator
-    answer_tokens: int | None = 128  # cut answers after this many tokens (None: whole stories)
+    answer_tokens: int | None = 64  # cut answers after this many tokens (None: whole stories)
     whole_share: float = 0.25  # ... except this share of the pairs, kept whole with their EOS
     seed: int = 0
 
