@@ -50,11 +50,13 @@ class ChatSession:
             self.turns.pop(0)
             self.forgotten += 1
 
-    def reply(self, user: str, stream: Callable[[str], None] | None = None) -> str:
-        """The model's answer to `user` (streamed piece by piece if stream is given)."""
+    def reply(self, user: str, stream: Callable[[str], None] | None = None,
+              ids: list[int] | None = None) -> str:
+        """The model's answer to `user` (streamed piece by piece if stream is given); ids:
+        prompt_ids(user) if the caller already has them."""
         from minillama.generate import StreamDecoder
 
-        ids = self.prompt_ids(user)
+        ids = self.prompt_ids(user) if ids is None else ids
         decoder = StreamDecoder(self.tok)
         out = self.engine.generate(ids, self.max_new_tokens, temperature=self.temperature,
                                    seed=self.seed, stop_ids=[self.tok.eos_id],

@@ -173,7 +173,7 @@ def _chat(args: argparse.Namespace) -> int:
             continue
         before = session.forgotten
         try:
-            session.prompt_ids(text)  # drops the oldest turns if the context is full
+            ids = session.prompt_ids(text)  # drops the oldest turns if the context is full
         except ValueError as e:
             print(f"[{e}]", file=sys.stderr)
             continue
@@ -181,7 +181,7 @@ def _chat(args: argparse.Namespace) -> int:
             print(f"[context of {engine.args.max_seq_len} tokens full: dropped the "
                   f"{session.forgotten - before} oldest turn(s)]", file=sys.stderr)
         print("model> ", end="", flush=True)
-        session.reply(text, stream=lambda piece: print(piece, end="", flush=True))
+        session.reply(text, stream=lambda piece: print(piece, end="", flush=True), ids=ids)
         print()
 
 

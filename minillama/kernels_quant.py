@@ -220,27 +220,66 @@ def _q8_chunk_dot(acc, W, m, c, x, tmp):
 
 
 @njit(**JIT)
-def _q4_chunk_dot(acc, W, m, c, x, tmp):
-    """As _q8_chunk_dot, for Q4_0: acc (n,) = the first n rows of chunk c . x; tmp (n,).
-    Byte j of a block holds values j (low nibble) and j + 16 (high), each looked up as
-    nibble - 8 in a 16-entry table, 16 rows at a time (simd.py)."""
-    qs, d = W.qs[m, c], W.d[m, c]  # (nb, 16, R), (nb, R)
+def _lut4_chunk_dot(acc, qs, scale, x, tmp, lut, hi0, lo0, step):
+    """The chunk dot of both 4-bit formats: acc (n,) = the first n rows of a chunk . x;
+    qs (nb, K/2, R) bytes of two nibbles, scale (nb, R), tmp (n,) scratch. Byte j of block
+    b holds the values at x[b K + hi0 + step j] (high nibble) and x[b K + lo0 + step j]
+    (low), each looked up in the 16-entry lut, 16 rows at a time (simd.py)."""
+    K = 2 * qs.shape[1]  # values per block
     n = acc.shape[0]
     n16 = n - n % 16
     acc[:] = 0.0
     for b in range(qs.shape[0]):
         tmp[:] = 0.0
-        for j in range(16):
-            x_lo, x_hi = x[b * 32 + j], x[b * 32 + 16 + j]
+        for j in range(qs.shape[1]):
+            x_hi, x_lo = x[b * K + hi0 + step * j], x[b * K + lo0 + step * j]
             pj = qs[b, j]  # (R,)
             for r0 in range(0, n16, 16):
-                lut16_fma(tmp, pj, r0, x_hi, x_lo, _Q4_LUT)
+                lut16_fma(tmp, pj, r0, x_hi, x_lo, lut)
             for r in range(n16, n):
                 p = pj[r]
-                tmp[r] += _Q4_LUT[p >> 4] * x_hi + _Q4_LUT[p & 15] * x_lo
-        db = d[b]  # (R,)
+                tmp[r] += lut[p >> 4] * x_hi + lut[p & 15] * x_lo
+        sb = scale[b]  # (R,)
         for r in range(n):
-            acc[r] += db[r] * tmp[r]
+            acc[r] += sb[r] * tmp[r]
+
+
+@njit(**JIT)
+def _lut4_load_rows(qs, scale, lut, i0, n, buf, hi0, lo0, step):
+    """Rows i0..i0+n-1 of a 4-bit matrix (qs (n_chunks, nb, K/2, R), scale (n_chunks, nb,
+    R), the nibbles placed as in _lut4_chunk_dot) dequantized into buf (n, cols)."""
+    R, K = qs.shape[3], 2 * qs.shape[2]
+    for k in range(n):
+        c, r = (i0 + k) // R, (i0 + k) % R
+        for b in range(qs.shape[1]):
+            s = scale[c, b, r]
+            for j in range(qs.shape[2]):
+                p = qs[c, b, j, r]
+                buf[k, b * K + hi0 + step * j] = lut[p >> 4] * s
+                buf[k, b * K + lo0 + step * j] = lut[p & 15] * s
+    return buf
+
+
+# Q4_0: byte j of a block of 32 holds values j + 16 (high nibble) and j (low), each nibble - 8
+@njit(**JIT)
+def _q4_chunk_dot(acc, W, m, c, x, tmp):
+    _lut4_chunk_dot(acc, W.qs[m, c], W.d[m, c], x, tmp, _Q4_LUT, 16, 0, 1)
+
+
+@njit(**JIT)
+def _q4_load_rows(W, m, i0, n, buf):
+    return _lut4_load_rows(W.qs[m], W.d[m], _Q4_LUT, i0, n, buf, 16, 0, 1)
+
+
+# NF4: byte i of a block of 64 holds values 2i (high nibble) and 2i + 1 (low), as NF4 codes
+@njit(**JIT)
+def _nf4_chunk_dot(acc, W, m, c, x, tmp):
+    _lut4_chunk_dot(acc, W.qs[m, c], W.absmax[m, c], x, tmp, _NF4_LUT, 0, 1, 2)
+
+
+@njit(**JIT)
+def _nf4_load_rows(W, m, i0, n, buf):
+    return _lut4_load_rows(W.qs[m], W.absmax[m], _NF4_LUT, i0, n, buf, 0, 1, 2)
 
 
 @njit(**JIT)
@@ -253,59 +292,6 @@ def _q8_load_rows(W, m, i0, n, buf):
             s = W.d[m, c, b, r]
             for j in range(32):
                 buf[k, b * 32 + j] = np.float32(W.qs[m, c, b, j, r]) * s
-    return buf
-
-
-@njit(**JIT)
-def _q4_load_rows(W, m, i0, n, buf):
-    """Rows i0..i0+n-1 of matrix m dequantized into buf (n, cols)."""
-    R = W.qs.shape[4]
-    for k in range(n):
-        c, r = (i0 + k) // R, (i0 + k) % R
-        for b in range(W.qs.shape[2]):
-            s = W.d[m, c, b, r]
-            for j in range(16):
-                p = np.int32(W.qs[m, c, b, j, r])
-                buf[k, b * 32 + j] = np.float32((p & 15) - 8) * s
-                buf[k, b * 32 + 16 + j] = np.float32((p >> 4) - 8) * s
-    return buf
-
-
-@njit(**JIT)
-def _nf4_chunk_dot(acc, W, m, c, x, tmp):
-    """As _q8_chunk_dot, for NF4: acc (n,) = the first n rows of chunk c . x; tmp (n,).
-    Byte i of a block holds values 2i and 2i + 1, looked up 16 rows at a time (simd.py)."""
-    qs, a = W.qs[m, c], W.absmax[m, c]  # (nb, 32, R), (nb, R)
-    n = acc.shape[0]
-    n16 = n - n % 16
-    acc[:] = 0.0
-    for b in range(qs.shape[0]):
-        tmp[:] = 0.0
-        for i in range(32):
-            x_hi, x_lo = x[b * 64 + 2 * i], x[b * 64 + 2 * i + 1]
-            pi = qs[b, i]  # (R,)
-            for r0 in range(0, n16, 16):
-                lut16_fma(tmp, pi, r0, x_hi, x_lo, _NF4_LUT)
-            for r in range(n16, n):
-                p = pi[r]
-                tmp[r] += _NF4_LUT[p >> 4] * x_hi + _NF4_LUT[p & 15] * x_lo
-        ab = a[b]  # (R,)
-        for r in range(n):
-            acc[r] += ab[r] * tmp[r]
-
-
-@njit(**JIT)
-def _nf4_load_rows(W, m, i0, n, buf):
-    """Rows i0..i0+n-1 of matrix m dequantized into buf (n, cols)."""
-    R = W.qs.shape[4]
-    for k in range(n):
-        c, r = (i0 + k) // R, (i0 + k) % R
-        for b in range(W.qs.shape[2]):
-            s = W.absmax[m, c, b, r]
-            for i in range(32):
-                p = W.qs[m, c, b, i, r]
-                buf[k, b * 64 + 2 * i] = _NF4_LUT[p >> 4] * s
-                buf[k, b * 64 + 2 * i + 1] = _NF4_LUT[p & 15] * s
     return buf
 
 

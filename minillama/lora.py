@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minillama import quant
-from minillama.formats.hf import permute_hf_to_meta, permute_meta_to_hf
+from minillama.formats.hf import permute_hf_to_meta, permute_meta_to_hf, rope_heads
 
 META_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 HF_NAMES = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
@@ -232,37 +232,28 @@ def trainable_report(model) -> str:
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
     """A plain Meta-named float32 state dict with every adapter added in (NF4 bases
     dequantized): for Engine.from_state_dict, Llama.load_state_dict or saving."""
-    out = {}
-    for name, t in model.state_dict().items():
-        if ".lora_" in name or name.endswith((".packed", ".absmax", ".codes")):
-            continue
-        out[name.replace(".base.weight", ".weight")] = t.detach().clone()
-    for name, m in [*lora_layers(model).items(),
-                    *[(n, m) for n, m in model.named_modules() if isinstance(m, NF4Linear)]]:
-        if isinstance(m, NF4Linear):
-            if name.endswith(".base"):
-                continue  # handled with its LoRALinear below
+    out = {name: t.detach().clone() for name, t in model.state_dict().items()
+           if ".lora_" not in name and ".base." not in name
+           and not name.endswith((".packed", ".absmax", ".codes"))}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            base = m.base.weight.detach() if isinstance(m.base, nn.Linear) else m.base.dequantize()
+            out[name + ".weight"] = base.clone() if m.merged else base + m.delta_weight().detach()
+        elif isinstance(m, NF4Linear) and not name.endswith(".base"):  # an NF4 base without adapter
             out[name + ".weight"] = m.dequantize()
-            continue
-        base = m.base.weight.detach() if isinstance(m.base, nn.Linear) else m.base.dequantize()
-        w = base.clone() if m.merged else base + m.delta_weight().detach()
-        out[name + ".weight"] = w
     return out
 
 
 def merge_and_unload(model):
-    """Replace every LoRALinear by a plain float32 Linear holding base + adapter; returns model."""
+    """Replace every LoRALinear (and bare NF4Linear) by a plain float32 Linear holding base +
+    adapter; returns model."""
     sd = merged_state_dict(model)
-    for name, m in lora_layers(model).items():
-        parent_name, kind = name.rsplit(".", 1)
-        linear = nn.Linear(m.lora_A.shape[1], m.lora_B.shape[0], bias=False)
-        linear.weight = nn.Parameter(sd[name + ".weight"])
-        setattr(model.get_submodule(parent_name), kind, linear)
     for name, m in list(model.named_modules()):
-        if isinstance(m, NF4Linear):
+        if isinstance(m, LoRALinear | NF4Linear) and not name.endswith(".base"):
             parent_name, kind = name.rsplit(".", 1)
-            linear = nn.Linear(m.shape[1], m.shape[0], bias=False)
-            linear.weight = nn.Parameter(sd[name + ".weight"])
+            w = sd[name + ".weight"]
+            linear = nn.Linear(w.shape[1], w.shape[0], bias=False)
+            linear.weight = nn.Parameter(w)
             setattr(model.get_submodule(parent_name), kind, linear)
     return model
 
@@ -298,7 +289,7 @@ def _peft_key(layer: int, kind: str, ab: str) -> str:
 
 
 def _rope_heads(kind: str, args) -> int | None:
-    return {"wq": args.n_heads, "wk": args.n_kv_heads}.get(kind)
+    return rope_heads(f"layers.0.attention.{kind}.weight", args)  # wq, wk: HF permutes their rows
 
 
 def save_adapter(model, path: str | Path, base_model: str | None = None) -> Path:

@@ -295,7 +295,7 @@ def read_hf_state_dict(path: str | Path, args: ModelArgs) -> dict[str, np.ndarra
         if tuple(array.shape) != expected[name]:
             raise ValueError(f"tensor {hf_name!r} in {file} has shape {tuple(array.shape)}, "
                              f"expected {expected[name]} from config.json")
-        heads = _rope_heads(name, args)
+        heads = rope_heads(name, args)
         sd[name] = array if heads is None else permute_hf_to_meta(array, heads)
     missing = [f"{meta_to_hf_name(n)} {shape}" for n, shape in expected.items() if n not in sd]
     if missing:
@@ -321,7 +321,7 @@ def load_hf_weights(model, path: str | Path) -> None:
             targets[name].copy_(torch.from_numpy(np.array(array)))  # a writable copy
 
 
-def _rope_heads(name: str, args: ModelArgs) -> int | None:
+def rope_heads(name: str, args: ModelArgs) -> int | None:
     """The number of heads in a tensor whose rows HF permutes (wq, wk); None for others."""
     if name.endswith("attention.wq.weight"):
         return args.n_heads
@@ -341,7 +341,7 @@ def save_hf(model, path: str | Path, max_shard_size: int | None = None) -> None:
     for name, tensor in model.state_dict().items():
         if args.tie_embeddings and name == "output.weight":
             continue  # transformers re-ties lm_head to embed_tokens
-        heads = _rope_heads(name, args)
+        heads = rope_heads(name, args)
         if heads is not None:
             tensor = permute_meta_to_hf(tensor, heads)
         tensors[meta_to_hf_name(name)] = tensor.detach().to("cpu").contiguous()
