@@ -18,7 +18,8 @@ from pathlib import Path
 
 from minillama import instruct
 
-SHIPPED_ADAPTER = Path(__file__).with_name("assets") / "chat"
+SHIPPED_ADAPTER = Path(__file__).with_name("assets") / "chat"  # LoRA, `minillama chat`'s default
+SHIPPED_QLORA_ADAPTER = Path(__file__).with_name("assets") / "chat-qlora"  # QLoRA, for lesson 11
 
 
 class ChatSession:
@@ -70,18 +71,14 @@ class ChatSession:
 
 def load_chat_model(model: str | Path | None = None, adapter: str | Path | None = None):
     """(Engine, Tokenizer): the base model directory (default: the shipped one) with a peft
-    adapter merged in (default: the shipped chat adapter)."""
-    from minillama import lora
-    from minillama.engine import Engine
-    from minillama.model import Llama
-    from minillama.pretrained import COURSE_MODEL, load_tokenizer
+    adapter merged in (default: the shipped chat adapter); an adapter trained by QLoRA (its
+    run.json says so) is merged into the NF4-rounded base it was trained on."""
+    from minillama import finetune, lora
 
-    model_dir = Path(model) if model else COURSE_MODEL
     adapter_dir = Path(adapter) if adapter else SHIPPED_ADAPTER
     if not (adapter_dir / lora.CONFIG_FILE).is_file():
         raise FileNotFoundError(f"no chat adapter at {adapter_dir} ({lora.CONFIG_FILE} missing); "
                                 "make one with `minillama finetune --out DIR` and pass "
                                 "--adapter DIR/adapter")
-    base = Llama.from_pretrained(model_dir)
-    lora.load_adapter(base, adapter_dir)
-    return Engine.from_state_dict(base.args, lora.merged_state_dict(base)), load_tokenizer(model_dir)
+    tuned, tok = finetune.load_tuned(adapter_dir, model)
+    return finetune.merged_engine(tuned), tok

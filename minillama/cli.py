@@ -125,8 +125,15 @@ def _finetune(args: argparse.Namespace) -> int:
         print(lora.trainable_report(model))
         history = FT.finetune(model, tok, cfg)
         if requests:
-            score["after"] = FT.follow_score(model, tok, requests, cfg.template, cfg.system)
-            print(f"follow score after {cfg.method}: {score['after']:.0%}")
+            engine = FT.merged_engine(model)
+            score["after"] = FT.follow_score(engine, tok, requests, cfg.template, cfg.system)
+            score["requests"] = len(requests)
+            line = f"follow score after {cfg.method}: {score['after']:.0%}"
+            if cfg.template == "chat":
+                second = FT.follow_score(engine, tok, requests, "chat", cfg.system, turns=2)
+                score["after, second turn"] = second
+                line += f" (as the second message of a chat: {second:.0%})"
+            print(line)
         out = FT.write_run(out, model, model_dir, cfg, history, score or None)
         print(f"adapter (peft format) in {out / 'adapter'}; loss curve {out / 'loss.png'}; "
               f"{history[-1]['seconds']:.0f} s of training")
@@ -238,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated modules (wq,wv or q_proj,v_proj) or all-linear (default)")
     f.add_argument("--r", type=int, default=16, help="adapter rank (default 16)")
     f.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (default 32)")
-    f.add_argument("--steps", type=int, default=400, help="optimizer steps (default 400)")
+    f.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--lr", type=float, default=3e-3)
     f.add_argument("--seed", type=int, default=0)
@@ -250,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("chat", help="chat with the instruction-tuned model (Llama 2 chat template)")
     ch.add_argument("--model", help="base model directory (default: the shipped course model)")
-    ch.add_argument("--adapter", help="a peft adapter directory (default: the shipped chat adapter)")
+    ch.add_argument("--adapter", help="a peft adapter directory (default: the shipped chat adapter); "
+                    "one trained by QLoRA (its run.json says so) runs on the NF4-rounded base")
     ch.add_argument("--system", help="a system prompt")
     ch.add_argument("--max-new-tokens", type=int, default=300)
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -6,11 +6,11 @@ since an hour of training does not belong in a test suite.
 """
 
 import json
-import re
 
 import numpy as np
 import pytest
 import torch
+from helpers import WORD, ended_sentence_share, unknown_words
 
 from minillama.data import generate_corpus, split_stories
 from minillama.generate import generate
@@ -18,8 +18,6 @@ from minillama.pretrained import COURSE_MODEL, load_model
 from minillama.story_words import BOYS, GIRLS
 from minillama.tokenizer import Tokenizer
 from minillama.train import TrainConfig, evaluate, tokenize_stories
-
-WORD = re.compile(r"[A-Za-z']+")
 
 
 @pytest.fixture(scope="module")
@@ -84,21 +82,16 @@ def stories(shipped):
 
 
 def test_words_are_real_corpus_words(stories, splits):
-    vocab = set()
-    for s in splits.train:
-        vocab.update(WORD.findall(s.text))
-    words = [w for _, g in stories for w in WORD.findall(g.text)]
-    unknown = [w for w in words if w not in vocab]
-    assert len(words) > 500
-    assert len(unknown) / len(words) < 0.01, f"{len(unknown)} of {len(words)}: {unknown[:10]}"
+    vocab = {w for s in splits.train for w in WORD.findall(s.text)}
+    n, unknown = unknown_words([g.text for _, g in stories], vocab)
+    assert n > 500
+    assert len(unknown) / n < 0.01, f"{len(unknown)} of {n}: {unknown[:10]}"
 
 
 def test_sentences_end_in_punctuation(stories):
     assert all(g.stop_reason == "eos" for _, g in stories), "stories should end on their own"
-    sentences = [s.strip() for _, g in stories for s in re.split(r'(?:(?<=[.!?])|(?<=[.!?]["”]))\s+', g.text)]
-    sentences = [s for s in sentences if s]
-    ended = np.mean([bool(re.search(r'[.!?]["”]?$', s)) for s in sentences])
-    assert ended > 0.95, f"only {ended:.1%} of {len(sentences)} sentences end in punctuation"
+    ended, n = ended_sentence_share([g.text for _, g in stories])
+    assert ended > 0.95, f"only {ended:.1%} of {n} sentences end in punctuation"
 
 
 def test_a_story_keeps_its_main_character(stories):
