@@ -98,14 +98,20 @@ def _finetune(args: argparse.Namespace) -> int:
     import shutil
 
     from minillama import finetune as FT
-    from minillama import instruct, lora
+    from minillama import lora
     from minillama.pretrained import COURSE_MODEL, TOKENIZER_FILE, load_model
 
+    long = args.seq_len is not None
     try:
+        if not long and (args.rope_scaling or args.passkey):
+            raise ValueError("--rope-scaling and --passkey are for a long-context fine-tune: give --seq-len")
+        steps = args.steps or (LONG_STEPS if long else 600)
         cfg = FT.FinetuneConfig(method="qlora" if args.qlora else "lora", template=args.template,
-                                system=args.system, r=args.r, alpha=args.alpha, steps=args.steps,
+                                system=args.system, r=args.r, alpha=args.alpha, steps=steps,
                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                targets=args.targets.split(",") if "," in args.targets else args.targets)
+                                targets=args.targets.split(",") if "," in args.targets else args.targets,
+                                seq_len=args.seq_len, rope_scaling=args.rope_scaling,
+                                passkey_share=args.passkey)
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
             raise ValueError(f"{out} exists and is not empty: give a new --out directory")
@@ -116,24 +122,22 @@ def _finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or default_threads())
         model_dir = Path(args.model) if args.model else COURSE_MODEL
         model, tok = load_model(model_dir)
-        requests = instruct.eval_requests(args.eval, seed=1) if args.eval else []
-        score = {}
-        if requests:
-            score["before"] = FT.follow_score(model, tok, requests, cfg.template, cfg.system)
-            print(f"follow score before tuning: {score['before']:.0%} of {len(requests)} held-out requests")
-        FT.prepare(model, cfg)
+        model = FT.with_config_context(model, cfg)
+        score = _long_score(model, tok, cfg, args.eval, "before") if long else _instruct_score(
+            model, tok, cfg, args.eval, "before")
+        if args.init_adapter:
+            if args.qlora:
+                lora.quantize_base_nf4(model)
+            lora.load_adapter(model, args.init_adapter)  # its adapters go on training
+            print(f"starting from the adapter in {args.init_adapter}")
+        else:
+            FT.prepare(model, cfg)
         print(lora.trainable_report(model))
         history = FT.finetune(model, tok, cfg)
-        if requests:
-            engine = FT.merged_engine(model)
-            score["after"] = FT.follow_score(engine, tok, requests, cfg.template, cfg.system)
-            score["requests"] = len(requests)
-            line = f"follow score after {cfg.method}: {score['after']:.0%}"
-            if cfg.template == "chat":
-                second = FT.follow_score(engine, tok, requests, "chat", cfg.system, turns=2)
-                score["after, second turn"] = second
-                line += f" (as the second message of a chat: {second:.0%})"
-            print(line)
+        if long:
+            score.update(_long_score(model, tok, cfg, args.eval, "after"))
+        else:
+            score.update(_instruct_score(model, tok, cfg, args.eval, "after"))
         out = FT.write_run(out, model, model_dir, cfg, history, score or None)
         print(f"adapter (peft format) in {out / 'adapter'}; loss curve {out / 'loss.png'}; "
               f"{history[-1]['seconds']:.0f} s of training")
@@ -149,6 +153,55 @@ def _finetune(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+LONG_STEPS = 300  # `minillama finetune --seq-len N`'s default steps
+
+
+def _instruct_score(model, tok, cfg, n: int, when: str) -> dict:
+    """The follow score on n held-out requests (before, or after with the second turn)."""
+    from minillama import finetune as FT
+    from minillama import instruct
+
+    if not n:
+        return {}
+    requests = instruct.eval_requests(n, seed=1)
+    if when == "before":
+        score = FT.follow_score(model, tok, requests, cfg.template, cfg.system)
+        print(f"follow score before tuning: {score:.0%} of {len(requests)} held-out requests")
+        return {"before": score}
+    engine = FT.merged_engine(model)
+    out = {"after": FT.follow_score(engine, tok, requests, cfg.template, cfg.system),
+           "requests": len(requests)}
+    line = f"follow score after {cfg.method}: {out['after']:.0%}"
+    if cfg.template == "chat":
+        out["after, second turn"] = FT.follow_score(engine, tok, requests, "chat", cfg.system, turns=2)
+        line += f" (as the second message of a chat: {out['after, second turn']:.0%})"
+    print(line)
+    return out
+
+
+def _long_score(model, tok, cfg, n: int, when: str) -> dict:
+    """Perplexity at the training window and at seq_len on held-out stories, and (with
+    passkey batches) passkey accuracy at seq_len over n documents at five depths."""
+    from minillama import finetune as FT
+    from minillama import longctx
+
+    if not n:
+        return {}
+    engine = FT.merged_engine(model)
+    lengths = sorted({longctx.TRAIN_WINDOW, cfg.seq_len})
+    ppl = longctx.perplexity_by_length(engine, longctx.long_tokens(tok, 4 * cfg.seq_len + 8), lengths, 4)
+    out = {f"perplexity {when}": {str(k): round(v, 4) for k, v in ppl.items()}}
+    line = ", ".join(f"{v:.3f} over {k} tokens" for k, v in ppl.items())
+    if cfg.passkey_share:
+        depths = (0.0, 0.25, 0.5, 0.75, 1.0)
+        acc = longctx.passkey_accuracy(engine, longctx.Filler(tok), cfg.seq_len, depths,
+                                       n=max(1, n // len(depths)))
+        out[f"passkey {when}"] = sum(acc.values()) / len(acc)
+        line += f"; passkey at {cfg.seq_len} tokens {out[f'passkey {when}']:.0%}"
+    print(f"{when} tuning (rope {cfg.rope_scaling or 'unscaled'}, window {cfg.seq_len}): perplexity {line}")
+    return out
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -234,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the end of a prompt longer than the context instead of failing")
     gen.set_defaults(func=_generate)
 
-    f = sub.add_parser("finetune", help="instruction-tune a model with LoRA or QLoRA adapters")
+    f = sub.add_parser("finetune", help="instruction-tune a model with LoRA or QLoRA adapters, "
+                                     "or tune it for a longer context (--seq-len)")
     f.add_argument("--out", required=True, help="new directory for the adapter, loss.csv/png, run.json")
     f.add_argument("--model", help="base model directory (default: the shipped course model)")
     f.add_argument("--qlora", action="store_true", help="QLoRA: the frozen base in NF4")
@@ -245,13 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated modules (wq,wv or q_proj,v_proj) or all-linear (default)")
     f.add_argument("--r", type=int, default=16, help="adapter rank (default 16)")
     f.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (default 32)")
-    f.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+    f.add_argument("--steps", type=int, help=f"optimizer steps (default 600; {LONG_STEPS} with --seq-len)")
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--lr", type=float, default=3e-3)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores)")
     f.add_argument("--eval", type=int, default=50,
-                   help="held-out requests scored before and after (0: skip)")
+                   help="held-out requests scored before and after; with --seq-len, passkey "
+                        "documents (0: skip)")
+    f.add_argument("--seq-len", type=int,
+                   help="long context (lesson 12): train on windows of this many tokens of stories")
+    f.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
+                   help="with --seq-len: linear:4, ntk:4, dynamic:4, yarn:4 or llama3:4 (default: none)")
+    f.add_argument("--passkey", type=float, default=0.0, metavar="SHARE",
+                   help="with --seq-len: this share of the batches are passkey documents (default 0)")
+    f.add_argument("--init-adapter", metavar="DIR",
+                   help="go on training this peft adapter instead of a new one")
     f.add_argument("--merge", metavar="DIR", help="also write the merged model directory here")
     f.set_defaults(func=_finetune)
 

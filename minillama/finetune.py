@@ -54,6 +54,12 @@ class FinetuneConfig:
     whole_share: float = 0.25  # ... except this share of the batches: whole stories with their EOS
     two_turn_share: float = 0.25  # chat: this share of the batches are two-turn conversations
     seed: int = 0
+    # long context (lesson 12): with seq_len, the data are windows of seq_len tokens of
+    # joined stories instead of instruction pairs, the model's RoPE scaled by rope_scaling
+    # ("linear:4": see longctx.parse_scaling) and its window made seq_len
+    seq_len: int | None = None
+    rope_scaling: str | None = None
+    passkey_share: float = 0.0  # long context: this share of the batches are passkey documents
 
     def __post_init__(self):
         if self.method not in ("lora", "qlora"):
@@ -63,7 +69,15 @@ class FinetuneConfig:
         for name in ("steps", "batch_size", "n_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("whole_share", "two_turn_share"):
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2 tokens or None (instruction data), got {self.seq_len}")
+        if self.seq_len is None and (self.rope_scaling is not None or self.passkey_share):
+            raise ValueError("rope_scaling and passkey_share need seq_len (a long-context fine-tune)")
+        if self.rope_scaling is not None:
+            from minillama.longctx import parse_scaling
+
+            parse_scaling(self.rope_scaling)  # says what is wrong with it, if anything
+        for name in ("whole_share", "two_turn_share", "passkey_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share of the batches in [0, 1], got {getattr(self, name)}")
         if self.answer_tokens is not None and self.answer_tokens < 1:
@@ -169,6 +183,18 @@ def batch_sampler(examples: list[instruct.Tokens], cfg: FinetuneConfig,
     return next_batch
 
 
+def with_config_context(model, cfg: FinetuneConfig | dict):
+    """model with the window and RoPE scaling of a long-context config (cfg.seq_len set):
+    a new Llama or Engine (see longctx.with_context); model itself otherwise."""
+    from minillama import longctx
+
+    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
+    if get("seq_len") is None:
+        return model
+    return longctx.with_context(model, max(get("seq_len"), model.args.max_seq_len),
+                                longctx.parse_scaling(get("rope_scaling")))
+
+
 def prepare(model, cfg: FinetuneConfig):
     """model (a Llama) with its base in NF4 if cfg.method is qlora, and adapters added."""
     if cfg.method == "qlora":
@@ -184,15 +210,24 @@ def finetune(model, tok, cfg: FinetuneConfig, progress: bool = True, log=None) -
     if not lora.lora_layers(model):
         prepare(model, cfg)
     model.use_sdpa(True)  # torch's fused attention: the same maths, about 12% faster a step here
-    pairs = instruct.instruction_pairs(cfg.n_pairs, cfg.seed)
-    examples = encode_pairs(tok, pairs, cfg.template, cfg.system)
-    two_turn = encode_two_turn(tok, pairs, cfg.system) if cfg.template == "chat" else None
-    next_batch = batch_sampler(examples, cfg, two_turn, max_len=model.args.max_seq_len)
+    if cfg.seq_len is None:
+        pairs = instruct.instruction_pairs(cfg.n_pairs, cfg.seed)
+        examples = encode_pairs(tok, pairs, cfg.template, cfg.system)
+        two_turn = encode_two_turn(tok, pairs, cfg.system) if cfg.template == "chat" else None
+        next_batch = batch_sampler(examples, cfg, two_turn, max_len=model.args.max_seq_len)
+    else:
+        from minillama import longctx
+
+        if model.args.max_seq_len < cfg.seq_len:
+            raise ValueError(f"the model's window is {model.args.max_seq_len} tokens, shorter than "
+                             f"seq_len {cfg.seq_len}: use with_config_context(model, cfg) first")
+        next_batch = longctx.batch_sampler(tok, cfg.seq_len, cfg.batch_size, cfg.passkey_share, cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     history, t0 = [], time.perf_counter()
     model.train()
-    bar = tqdm(range(cfg.steps), desc=f"{cfg.method} r={cfg.r}", disable=not progress)
+    what = f"{cfg.method} r={cfg.r}" + (f" {cfg.seq_len} tokens" if cfg.seq_len else "")
+    bar = tqdm(range(cfg.steps), desc=what, disable=not progress)
     for step in bar:
         x, y, m = collate(next_batch(step))
         for g in opt.param_groups:
@@ -211,25 +246,32 @@ def finetune(model, tok, cfg: FinetuneConfig, progress: bool = True, log=None) -
     return history
 
 
-def trained_on_nf4(adapter: str | Path) -> bool:
-    """Whether the adapter at `adapter` was trained by QLoRA, on an NF4 base: what the
-    run.json that `write_run` puts beside it (or in it, for the shipped ones) says."""
+def run_config(adapter: str | Path) -> dict:
+    """The FinetuneConfig (as a dict) in the run.json that `write_run` puts beside the
+    adapter at `adapter` (or in it, for the shipped ones); {} if there is none."""
     import json
 
     adapter = Path(adapter)
     for card in (adapter / "run.json", adapter.parent / "run.json"):
         if card.is_file():
-            return json.loads(card.read_text()).get("config", {}).get("method") == "qlora"
-    return False
+            return json.loads(card.read_text()).get("config", {})
+    return {}
+
+
+def trained_on_nf4(adapter: str | Path) -> bool:
+    """Whether the adapter at `adapter` was trained by QLoRA, on an NF4 base (its run.json)."""
+    return run_config(adapter).get("method") == "qlora"
 
 
 def load_tuned(adapter: str | Path, model: str | Path | None = None, nf4_base: bool | None = None):
     """(Llama, Tokenizer): the base model directory (default: the shipped model) with the
     peft adapter at `adapter` loaded, unmerged; the base in NF4 if nf4_base (None: as the
-    adapter was trained, see trained_on_nf4)."""
+    adapter was trained, see trained_on_nf4), and with the window and RoPE scaling it was
+    trained with if its run was a long-context one."""
     from minillama.pretrained import load_model
 
     net, tok = load_model(model)
+    net = with_config_context(net, run_config(adapter))
     if nf4_base if nf4_base is not None else trained_on_nf4(adapter):
         lora.quantize_base_nf4(net)
     lora.load_adapter(net, adapter)
@@ -304,8 +346,9 @@ def write_run(out: str | Path, model, tok_path: str | Path, cfg: FinetuneConfig,
         fig, ax = plt.subplots(figsize=(6, 3.5))
         steps, losses = [h["step"] for h in history], [h["loss"] for h in history]
         ax.plot(steps, losses, lw=0.8)
-        ax.set(xlabel="step", ylabel="answer loss (nats/token)",
-               title=f"{cfg.method}: r={cfg.r}, {cfg.template}")
+        what = f"{cfg.seq_len} tokens, rope {cfg.rope_scaling or 'plain'}" if cfg.seq_len else cfg.template
+        ax.set(xlabel="step", ylabel="loss (nats/token)" if cfg.seq_len else "answer loss (nats/token)",
+               title=f"{cfg.method}: r={cfg.r}, {what}")
         fig.tight_layout()
         fig.savefig(out / "loss.png", dpi=110)
         plt.close(fig)
