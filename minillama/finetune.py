@@ -11,6 +11,12 @@ answer's tokens only (`masked_loss`: the prompt is given, not learned). The scor
 share of held-out requests (unseen name-animal-place triples, half of them in unseen
 phrasings) whose greedy answer names the requested name, animal and place; it is decoded
 with the Numba engine on the merged weights.
+
+With `seq_len` (lesson 12, `minillama finetune --seq-len 1024 --rope-scaling linear:4`) the
+data are instead windows of seq_len tokens of stories, every token learnt, and optionally
+passkey documents (`minillama.longctx.batch_sampler`); `with_config_context` gives the
+model the longer window and the scaled RoPE first, and `load_tuned` does the same when it
+loads such an adapter.
 """
 
 from __future__ import annotations

@@ -223,7 +223,8 @@ def batch_sampler(tok, seq_len: int, batch_size: int, passkey_share: float = 0.0
     """step -> batch_size (ids, mask) examples for a long-context fine-tune: windows of
     seq_len + 1 tokens of stories (every token learnt), and with passkey_share > 0 every
     round(1 / passkey_share)-th batch of passkey documents of one length drawn from
-    [max(seq_len / 4, 128), seq_len] (the answer learnt, and nothing else)."""
+    [max(seq_len / 4, 128), seq_len], their needles at depth u**2 for u uniform (more far
+    ones than near), only the key learnt: where the needle repeats it, and as the answer."""
     from minillama.instruct import Tokens
 
     if not 0 <= passkey_share <= 1:
