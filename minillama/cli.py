@@ -123,8 +123,8 @@ def _finetune(args: argparse.Namespace) -> int:
         model_dir = Path(args.model) if args.model else COURSE_MODEL
         model, tok = load_model(model_dir)
         model = FT.with_config_context(model, cfg)
-        score = _long_score(model, tok, cfg, args.eval, "before") if long else _instruct_score(
-            model, tok, cfg, args.eval, "before")
+        scorer = _long_score if long else _instruct_score
+        score = scorer(model, tok, cfg, args.eval, "before")
         if args.init_adapter:
             if args.qlora:
                 lora.quantize_base_nf4(model)
@@ -134,10 +134,7 @@ def _finetune(args: argparse.Namespace) -> int:
             FT.prepare(model, cfg)
         print(lora.trainable_report(model))
         history = FT.finetune(model, tok, cfg)
-        if long:
-            score.update(_long_score(model, tok, cfg, args.eval, "after"))
-        else:
-            score.update(_instruct_score(model, tok, cfg, args.eval, "after"))
+        score.update(scorer(model, tok, cfg, args.eval, "after"))
         out = FT.write_run(out, model, model_dir, cfg, history, score or None)
         print(f"adapter (peft format) in {out / 'adapter'}; loss curve {out / 'loss.png'}; "
               f"{history[-1]['seconds']:.0f} s of training")

@@ -113,14 +113,11 @@ def perplexity_by_length(engine, tokens: np.ndarray, lengths, n_windows: int = 4
     longest = lengths[-1]
     starts = window_starts(tokens, longest, n_windows)
     scaling = engine.args.rope_scaling
-    out = {}
     if scaling is None or scaling.type != "dynamic":
         nll = nll_by_position(engine, np.stack([tokens[s:s + longest + 1] for s in starts]))
         return {n: math.exp(nll[:, :n].mean()) for n in lengths}
-    for n in lengths:
-        nll = nll_by_position(engine, np.stack([tokens[s:s + n + 1] for s in starts]))
-        out[n] = math.exp(nll.mean())
-    return out
+    return {n: math.exp(nll_by_position(engine, np.stack([tokens[s:s + n + 1] for s in starts])).mean())
+            for n in lengths}
 
 
 def bucket_perplexity(nll: np.ndarray, edges) -> list[float]:
