@@ -94,6 +94,21 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from minillama.formats.checkpoint import convert, read_checkpoint
+
+    try:
+        out = convert(args.src, args.dst, args.to, quant=args.quant, progress=True)
+        ck = read_checkpoint(out)  # read back: the file is what every loader will see
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in ([out] if out.is_file() else out.iterdir()) if p.is_file())
+    print(f"wrote {out} ({ck.fmt}{', ' + args.quant if args.quant else ''}, {size / 2**20:.1f} MiB, "
+          f"tokenizer {'included' if ck.tokenizer is not None else 'none'})")
+    return 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
     import shutil
 
@@ -270,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="continue a prompt with a model, streaming the text")
     gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: none, BOS)")
-    gen.add_argument("--model", help="a model directory (default: the shipped course model)")
+    gen.add_argument("--model", help="a checkpoint in any format: a transformers or Meta directory, a "
+                     "llama2.c .bin or a GGUF file (default: the shipped course model)")
     gen.add_argument("--engine", choices=["numba", "torch"], default="numba",
                      help="numba: the jitted CPU engine (default); torch: the lesson-05 model")
     gen.add_argument("--quant", choices=["q8_0", "q4_0", "nf4"], default=None,
@@ -283,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--truncate", action="store_true",
                      help="keep the end of a prompt longer than the context instead of failing")
     gen.set_defaults(func=_generate)
+
+    cv = sub.add_parser("convert", help="convert a checkpoint between formats (hf, meta, llama2c, gguf)")
+    cv.add_argument("src", help="a checkpoint in any format (detected by content)")
+    cv.add_argument("dst", help="output: a directory (hf, meta; model.gguf / model.bin inside for gguf, "
+                    "llama2c) or a file ending in .gguf / .bin")
+    cv.add_argument("--to", required=True, choices=["gguf", "hf", "meta", "llama2c"], help="target format")
+    cv.add_argument("--quant", choices=["f16", "q8_0", "q4_0"], default=None,
+                    help="gguf: f16, q8_0 or q4_0; hf and meta: f16; llama2c: q8_0 (its v2 file, "
+                         "what runq reads). Default: float32")
+    cv.set_defaults(func=_convert)
 
     f = sub.add_parser("finetune", help="instruction-tune a model with LoRA or QLoRA adapters, "
                                      "or tune it for a longer context (--seq-len)")
@@ -325,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=None)
     ch.set_defaults(func=_chat)
 
-    b = sub.add_parser("bench", help="benchmarks that print tables: tokenizer, engine")
-    b.add_argument("what", choices=["tokenizer", "engine"], help="which benchmark")
+    b = sub.add_parser("bench", help="benchmarks that print tables: tokenizer, engine, formats")
+    b.add_argument("what", choices=["tokenizer", "engine", "formats"], help="which benchmark")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark")
     b.set_defaults(func=_bench)
     return p

@@ -201,6 +201,10 @@ def _scaling_from_dict(d: dict) -> RopeScaling:
 # Presets
 # ---------------------------------------------------------------------------------------
 
+# Sources. Meta's params.json: dim, n_layers, n_heads, n_kv_heads, multiple_of,
+# ffn_dim_multiplier, norm_eps, rope_theta (Llama 2's says vocab_size -1: the tokenizer's).
+# Hugging Face config.json: vocab_size, max_position_embeddings, rope_scaling,
+# tie_word_embeddings and intermediate_size (= ffn_hidden_dim, checked in tests/test_config.py).
 _LLAMA2 = dict(vocab_size=32000, multiple_of=256, norm_eps=1e-5, max_seq_len=4096,
                tie_embeddings=False)
 _LLAMA3 = dict(vocab_size=128256, multiple_of=1024, ffn_dim_multiplier=1.3, norm_eps=1e-5,
@@ -219,10 +223,22 @@ PRESETS: dict[str, ModelArgs] = {
     "stories110M": ModelArgs(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, hidden_dim=2048,
                              max_seq_len=1024, **_STORIES),
     # Meta's Llama 2 params.json shapes; the FFN width comes from Meta's rule
+    # (11008, 13824, 28672); context 4096 (HF max_position_embeddings)
     "llama2-7b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, **_LLAMA2),
     "llama2-13b": ModelArgs(dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, **_LLAMA2),
     "llama2-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8,
                             ffn_dim_multiplier=1.3, **{**_LLAMA2, "multiple_of": 4096}),
+    # Code Llama 7B: Llama 2 7B's shape; params.json rope_theta 1e6; HF config.json
+    # (codellama/CodeLlama-7b-hf) vocab_size 32016 (16 infilling tokens added),
+    # max_position_embeddings 16384
+    "codellama-7b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                              rope_theta=1e6, **{**_LLAMA2, "vocab_size": 32016,
+                                                 "max_seq_len": 16384}),
+    # TinyLlama 1.1B (not Meta's): HF config.json (TinyLlama/TinyLlama-1.1B-Chat-v1.0),
+    # intermediate_size 5632 (Meta's rule with multiple_of 256 gives the same), GQA 32/4
+    "tinyllama-1.1b": ModelArgs(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, hidden_dim=5632,
+                                vocab_size=32000, multiple_of=256, norm_eps=1e-5, max_seq_len=2048,
+                                tie_embeddings=False),
     # Llama 3 8B and Llama 3.1 8B (the latter with Llama 3.1 RoPE scaling to 128K)
     "llama3-8b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, max_seq_len=8192,
                            **_LLAMA3),
@@ -230,6 +246,15 @@ PRESETS: dict[str, ModelArgs] = {
                              rope_scaling=RopeScaling("llama3", factor=8.0,
                                                       original_max_position_embeddings=8192),
                              **_LLAMA3),
+    # Llama 3.2 1B: params.json ffn_dim_multiplier 1.5, multiple_of 256 (-> 8192);
+    # HF config.json rope_scaling llama3 factor 32 (low 1, high 4, original 8192),
+    # max_position_embeddings 131072, tie_word_embeddings true
+    "llama3.2-1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, max_seq_len=131072,
+                             rope_scaling=RopeScaling("llama3", factor=32.0, low_freq_factor=1.0,
+                                                      high_freq_factor=4.0,
+                                                      original_max_position_embeddings=8192),
+                             **{**_LLAMA3, "multiple_of": 256, "ffn_dim_multiplier": 1.5,
+                                "tie_embeddings": True}),
 }
 
 

@@ -187,9 +187,10 @@ def _numpy(t) -> np.ndarray:
     return np.asarray(t)
 
 
-def weights_from_state_dict(args: ModelArgs, sd) -> Weights:
+def weights_from_state_dict(args: ModelArgs, sd, release: Callable[[], None] | None = None) -> Weights:
     """Meta-named tensors (torch or NumPy, any float dtype) -> Weights: float32 copies,
-    matrices stacked over layers, every name and shape checked against args."""
+    matrices stacked over layers, every name and shape checked against args. release(), if
+    given, is called after each stack is copied (a loader's memory maps drop their pages)."""
     shapes = weight_shapes(args)
     optional = {"output.weight"} if args.tie_embeddings else set()  # tied: the same tensor
     unknown = set(sd) - set(shapes) - optional
@@ -209,6 +210,8 @@ def weights_from_state_dict(args: ModelArgs, sd) -> Weights:
         out = np.empty((args.n_layers, *first), np.float32)
         for l in range(args.n_layers):
             out[l] = _numpy(sd[f"layers.{l}.{name}"])
+        if release is not None:
+            release()
         return out
 
     emb = f32("tok_embeddings.weight")
@@ -309,14 +312,29 @@ class Engine:
     @classmethod
     def from_pretrained(cls, path: str | Path, quant: str | None = None,
                         keep: Collection[str] = frozenset()) -> Engine:
-        """Load a directory `Llama.from_pretrained` loads (transformers' format), straight
-        from its safetensors into NumPy (torch is never imported); quant as above."""
-        from minillama.formats.hf import read_hf_config, read_hf_state_dict
+        """Load any checkpoint `minillama.formats.checkpoint` reads (a transformers or Meta
+        directory, a llama2.c .bin, a GGUF file), detected by content, straight into NumPy
+        (torch is only imported for Meta's .pth); quant as above. A GGUF file's Q8_0 / Q4_0
+        matrices are loaded as they are stored, never dequantized; quant then only applies to
+        its float matrices and must not ask for another quantized format."""
+        from minillama.formats.checkpoint import read_checkpoint
 
         _check_quant(quant, keep)
-        args = read_hf_config(path)
-        return cls._quantized(args, weights_from_state_dict(args, read_hf_state_dict(path, args)),
-                              quant, keep)
+        ck = read_checkpoint(path, tokenizer=False)
+        if ck.gguf is not None:
+            from minillama.formats.gguf import engine_weights
+
+            weights = engine_weights(ck.gguf, ck.args)
+            stored = {getattr(weights, k).fmt for k in MATRIX_KINDS
+                      if not isinstance(getattr(weights, k), F32Matrix)}
+            if quant is not None and stored - {quant}:
+                raise ValueError(f"{ck.path} stores its matrices as {', '.join(sorted(stored))}; load it "
+                                 f"with quant=None or {next(iter(stored))!r}, not {quant!r} "
+                                 "(quantizing quantized weights again only loses accuracy)")
+        else:
+            weights = weights_from_state_dict(ck.args, ck.tensors, ck.release)
+        ck.release()
+        return cls._quantized(ck.args, weights, quant, keep)
 
     @classmethod
     def _quantized(cls, args: ModelArgs, weights: Weights, quant: str | None,

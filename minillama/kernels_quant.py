@@ -74,6 +74,12 @@ class Q8Matrix(NamedTuple):
         qs, d = _blocks(_gguf(q8_0_quantize), w, name)
         return cls(_chunked(qs), _chunked(d), w.shape[1])
 
+    @classmethod
+    def from_blocks(cls, qs: np.ndarray, d: np.ndarray) -> Q8Matrix:
+        """GGUF Q8_0 blocks as they are: qs int8 (n_mats, rows, nb, 32), d (n_mats, rows, nb)
+        (fp16 or float32; widened exactly). Nothing is dequantized, only reordered."""
+        return cls(_chunked(np.asarray(qs, np.int8)), _chunked(np.asarray(d, np.float32)), qs.shape[1])
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """(n_mats, rows, cols) of the matrices stored."""
@@ -94,6 +100,11 @@ class Q4Matrix(NamedTuple):
         """w (n_mats, rows, cols) float32, cols % 32 == 0 -> Q4Matrix; name as for Q8Matrix."""
         qs, d = _blocks(_gguf(q4_0_quantize), w, name)
         return cls(_chunked(qs), _chunked(d), w.shape[1])
+
+    @classmethod
+    def from_blocks(cls, qs: np.ndarray, d: np.ndarray) -> Q4Matrix:
+        """GGUF Q4_0 blocks as they are: qs uint8 (n_mats, rows, nb, 16), d (n_mats, rows, nb)."""
+        return cls(_chunked(np.asarray(qs, np.uint8)), _chunked(np.asarray(d, np.float32)), qs.shape[1])
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -276,12 +277,19 @@ class Llama(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Llama:
-        """Load a transformers-format Llama directory (config.json + *.safetensors); weights
-        of any float dtype are cast to the model's float32."""
-        from minillama.formats.hf import load_hf_weights, read_hf_config
+        """Load any checkpoint `minillama.formats.checkpoint` reads (transformers or Meta
+        directory, llama2.c .bin, GGUF), detected by content; weights of any dtype (GGUF's
+        quantized ones dequantized) are cast to the model's float32."""
+        from minillama.formats.checkpoint import read_checkpoint
 
-        model = cls(read_hf_config(path))
-        load_hf_weights(model, path)
+        ck = read_checkpoint(path, tokenizer=False)
+        model = cls(ck.args)
+        targets = model.state_dict()  # our name -> tensor sharing storage with the parameter
+        with torch.no_grad():
+            for name, array in ck.tensors.items():
+                t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.array(array))
+                targets[name].copy_(t)
+                ck.release()
         return model
 
     def save_pretrained(self, path: str | Path, max_shard_size: int | None = None) -> None:

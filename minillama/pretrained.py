@@ -1,7 +1,9 @@
-"""The course's shipped model, and loading any model directory with its tokenizer.
+"""The course's shipped model, and loading any checkpoint with its tokenizer.
 
-A model directory is a transformers Llama directory (config.json + safetensors) with the
-SentencePiece `tokenizer.model` beside it, as Llama 2's Hugging Face repos have.
+A checkpoint is any format `minillama.formats.checkpoint` reads, detected by content: a
+transformers directory (config.json + safetensors) or a Meta one (params.json +
+consolidated.*.pth) with the SentencePiece `tokenizer.model` beside the weights, a llama2.c
+.bin with tokenizer.model or tokenizer.bin beside it, or a GGUF file (its own vocabulary).
 """
 
 from __future__ import annotations
@@ -13,26 +15,33 @@ TOKENIZER_FILE = "tokenizer.model"
 
 
 def load_tokenizer(path: str | Path):
-    """The tokenizer of a model directory (tokenizer.model), or of a .model / .json file."""
+    """The tokenizer of a checkpoint (a directory or file, any format), or of a .model /
+    .json tokenizer file."""
     from minillama.tokenizer import Tokenizer
 
     path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer at {path}: expected a SentencePiece "
-                                f"{TOKENIZER_FILE} or a minillama tokenizer .json")
-    return Tokenizer.load(path) if path.suffix == ".json" else Tokenizer.from_sentencepiece(path)
+    if path.is_file() and path.suffix in (".model", ".json"):
+        return Tokenizer.load(path) if path.suffix == ".json" else Tokenizer.from_sentencepiece(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer or checkpoint at {path}")
+    from minillama.formats.checkpoint import find_tokenizer
+
+    tok = find_tokenizer(path)
+    if tok is None:
+        raise FileNotFoundError(f"no tokenizer for {path}: expected a SentencePiece {TOKENIZER_FILE} "
+                                "beside the weights (or tokenizer.bin beside a llama2.c file; a GGUF "
+                                "file carries its own)")
+    return tok
 
 
 def load_model(path: str | Path | None = None, engine: str = "torch", quant: str | None = None):
-    """(model, Tokenizer) from a model directory; default: the shipped model. engine
-    "torch": a Llama in eval mode; "numba": an `Engine` (which never imports torch), its
-    matrices quantized at load if quant is "q8_0", "q4_0" or "nf4"."""
+    """(model, Tokenizer) from a checkpoint in any format (default: the shipped model).
+    engine "torch": a Llama in eval mode; "numba": an `Engine`, its matrices quantized at
+    load if quant is "q8_0", "q4_0" or "nf4" (a GGUF file's quantized matrices load as stored)."""
     path = COURSE_MODEL if path is None else Path(path)
-    if not path.is_dir():
+    if not path.exists():
         hint = " (the shipped model is missing: reinstall minillama)" if path == COURSE_MODEL else ""
-        raise FileNotFoundError(f"model directory {path} does not exist{hint}")
+        raise FileNotFoundError(f"model {path} does not exist{hint}")
     if quant is not None and engine != "numba":
         raise ValueError(f"quant={quant!r} needs the numba engine (engine='numba'), got {engine!r}")
     if engine == "numba":
@@ -47,6 +56,6 @@ def load_model(path: str | Path | None = None, engine: str = "torch", quant: str
         raise ValueError(f"unknown engine {engine!r}: use 'numba' or 'torch'")
     tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size != model.args.vocab_size:
-        raise ValueError(f"{path}: {TOKENIZER_FILE} has {tokenizer.vocab_size} pieces but "
-                         f"config.json says vocab_size {model.args.vocab_size}")
+        raise ValueError(f"{path}: the tokenizer has {tokenizer.vocab_size} pieces but the model's "
+                         f"vocab_size is {model.args.vocab_size}")
     return model, tokenizer

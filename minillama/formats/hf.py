@@ -239,9 +239,10 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def iter_safetensors(path: str | Path) -> Iterator[tuple[str, np.ndarray, str]]:
+def iter_safetensors(path: str | Path, maps: list | None = None) -> Iterator[tuple[str, np.ndarray, str]]:
     """Yield (name, NumPy array, file name) for every tensor of a transformers directory:
-    read-only views of each file's memory map (bfloat16 widened to float32)."""
+    read-only views of each file's memory map (bfloat16 widened to float32); each file's
+    FileMap is appended to maps if given."""
     path = Path(path)
     if (path / INDEX_FILE).is_file():
         weight_map = json.loads((path / INDEX_FILE).read_text()).get("weight_map")
@@ -258,7 +259,7 @@ def iter_safetensors(path: str | Path) -> Iterator[tuple[str, np.ndarray, str]]:
         if not (path / file).is_file():
             raise FileNotFoundError(f"shard {file} listed in {INDEX_FILE} is missing from {path}")
         try:
-            tensors = read_safetensors(path / file)
+            tensors = read_safetensors(path / file, maps)
             for name, array in tensors:
                 if weight_map is not None and weight_map.get(name) != file:
                     raise ValueError(f"tensor {name!r} is in {file} but {INDEX_FILE} maps it "
@@ -272,12 +273,14 @@ def iter_safetensors(path: str | Path) -> Iterator[tuple[str, np.ndarray, str]]:
                          "but in none of the shards")
 
 
-def read_hf_state_dict(path: str | Path, args: ModelArgs) -> dict[str, np.ndarray]:
+def read_hf_state_dict(path: str | Path, args: ModelArgs, maps: list | None = None
+                       ) -> dict[str, np.ndarray]:
     """A transformers directory's tensors under Meta's names and in Meta's rotary layout
-    (NumPy, file dtype), every name and shape checked against args. Tied: no output.weight."""
+    (NumPy, file dtype; views of memory maps, which are appended to maps if given), every
+    name and shape checked against args. Tied: no output.weight."""
     expected = weight_shapes(args)
     sd, lm_head = {}, None
-    for hf_name, array, file in iter_safetensors(path):
+    for hf_name, array, file in iter_safetensors(path, maps):
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue  # old checkpoints saved the RoPE table; it is recomputed, not learned
         try:
@@ -333,18 +336,42 @@ def rope_heads(name: str, args: ModelArgs) -> int | None:
 def save_hf(model, path: str | Path, max_shard_size: int | None = None) -> None:
     """Write model (a Llama) as config.json + safetensors; shards of at most max_shard_size
     bytes (plus an index) if given."""
+    write_hf(path, model.args, model.state_dict(), str(model.tok_embeddings.weight.dtype),
+             max_shard_size)
+
+
+def write_hf(path: str | Path, args: ModelArgs, state_dict, dtype: str | None = None,
+             max_shard_size: int | None = None) -> None:
+    """Write Meta-named tensors (torch or NumPy) as a directory transformers loads:
+    config.json + safetensors (sharded with an index past max_shard_size bytes). dtype:
+    "float32", "float16" or "bfloat16" (torch tensors only), default the tensors' own."""
+    import torch
     from safetensors.torch import save_file
 
-    args: ModelArgs = model.args
-    config = config_to_hf(args, model.tok_embeddings.weight.dtype)  # may refuse: check first
+    def as_torch(t):
+        t = t if isinstance(t, torch.Tensor) else torch.from_numpy(np.array(t))  # a writable copy
+        return t if dtype is None else t.to(getattr(torch, dtype.removeprefix("torch.")))
+
+    if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype is {dtype!r}; accepted: float32, float16, bfloat16")
+    first = as_torch(state_dict["tok_embeddings.weight"])
+    config = config_to_hf(args, first.dtype)  # may refuse: check first
+    expected = weight_shapes(args)
     tensors = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state_dict.items():
         if args.tie_embeddings and name == "output.weight":
             continue  # transformers re-ties lm_head to embed_tokens
+        if name not in expected or tuple(tensor.shape) != expected[name]:
+            raise ValueError(f"tensor {name} {tuple(tensor.shape)} does not match the config "
+                             f"(expected {expected.get(name, 'no such tensor')})")
+        tensor = as_torch(tensor)
         heads = rope_heads(name, args)
         if heads is not None:
             tensor = permute_meta_to_hf(tensor, heads)
         tensors[meta_to_hf_name(name)] = tensor.detach().to("cpu").contiguous()
+    missing = set(expected) - set(state_dict)
+    if missing:
+        raise ValueError(f"the state dict lacks {sorted(missing)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for stale in [path / SINGLE_FILE, path / INDEX_FILE, *path.glob("model-*-of-*.safetensors")]:

@@ -28,6 +28,7 @@ plain RoPE, so the reader returns those and the writer refuses any other value.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import struct
@@ -37,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minillama.config import ModelArgs
+from minillama.formats.mapped import FileMap, LazyTensors
 
 MAGIC = 0x616B3432  # a uint32 whose hex spells "ak42"; little-endian on disk: b"24ka"
 HEADER_SIZE = 256  # v1 and v2
@@ -319,30 +321,31 @@ def write_llama2c(path: str | Path, args: ModelArgs, state_dict: dict[str, np.nd
         raise
 
 
-def _read(f, path, dtype: str, count: int) -> np.ndarray:
-    a = np.fromfile(f, dtype=dtype, count=count)
-    if a.size != count:  # the size was checked: only a file changing under us gets here
-        raise ValueError(f"{path}: file ended early: wanted {count} values of {dtype}, got {a.size}")
-    return a.astype(a.dtype.newbyteorder("="), copy=False)  # native order (a no-op on x86)
-
-
-def read_llama2c(path: str | Path) -> tuple[ModelArgs, dict[str, np.ndarray]]:
-    """(ModelArgs, Meta-named float32 arrays) from a llama2.c v0/v1/v2 file; v2 dequantized.
-    ModelArgs gets llama2.c's fixed norm_eps 1e-5 and rope_theta 10000; no output.weight if tied."""
+def read_llama2c(path: str | Path, maps: list | None = None) -> tuple[ModelArgs, dict[str, np.ndarray]]:
+    """(ModelArgs, Meta-named float32 arrays) from a llama2.c v0/v1/v2 file: v0 and v1 tensors
+    are read-only views of a memory map (a FileMap, appended to maps if given); v2's are
+    dequantized when looked up (a Mapping that keeps none of them). ModelArgs gets llama2.c's
+    fixed norm_eps 1e-5 and rope_theta 10000; no output.weight if tied."""
     path = Path(path)
     h = read_llama2c_header(path)
-    sd = {}
-    with open(path, "rb") as f:
-        f.seek(_header_size(h))
-        for name, shape in _layout(h):
-            n = math.prod(shape)
-            if name.startswith("freqs"):  # ignored, as run.c does
-                f.seek(4 * n, 1)
-            elif _quantized(h, shape):
-                q, scale = _read(f, path, "i1", n), _read(f, path, "<f4", n // h.group_size)
-                sd[name] = _dequantize(q, scale, shape)
-            else:
-                sd[name] = _read(f, path, "<f4", n).reshape(shape)
+    fm = FileMap(path)
+    if maps is not None:
+        maps.append(fm)
+    sd, pos = {}, _header_size(h)
+    for name, shape in _layout(h):
+        n = math.prod(shape)
+        if name.startswith("freqs"):  # ignored, as run.c does
+            pos += 4 * n
+        elif _quantized(h, shape):
+            q = fm.array(pos, "i1", (n,), name)
+            scale = fm.array(pos + n, "<f4", (n // h.group_size,), name)
+            sd[name] = functools.partial(_dequantize, q, scale, shape)
+            pos += n + 4 * (n // h.group_size)
+        else:
+            sd[name] = fm.array(pos, "<f4", shape, name)
+            pos += 4 * n
+    if h.version == 2:  # dequantized one tensor at a time, when looked up
+        sd = LazyTensors({k: v if callable(v) else (lambda v=v: v) for k, v in sd.items()})
     args = ModelArgs(dim=h.dim, n_layers=h.n_layers, n_heads=h.n_heads, n_kv_heads=h.n_kv_heads,
                      vocab_size=h.vocab_size, hidden_dim=h.hidden_dim, norm_eps=NORM_EPS,
                      rope_theta=ROPE_THETA, max_seq_len=h.seq_len,
@@ -403,3 +406,34 @@ def read_tokenizer_bin(path: str | Path, vocab_size: int) -> tuple[list[bytes], 
         raise ValueError(f"{path}: max_token_length is {max_len}; accepted: >= the longest "
                          f"piece, {longest} bytes")
     return pieces, scores, max_len
+
+
+def tokenizer_from_bin(path: str | Path, vocab_size: int):
+    """A minillama Tokenizer from a tokenizer.bin, undoing write_tokenizer_bin's changes: a
+    space back to "▁", "\\n<s>\\n" and "\\n</s>\\n" back to the control pieces <s> and </s>.
+    The file keeps no types or options, so Llama 2's are assumed: id 0 is <unk>, pieces
+    <0x00>..<0xFF> are bytes (byte fallback), and a space is added in front of the text."""
+    from minillama.formats.sentencepiece import BYTE, CONTROL, NORMAL, UNKNOWN, bpe_model
+    from minillama.tokenizer import Tokenizer
+
+    raw, scores, _ = read_tokenizer_bin(path, vocab_size)
+    control = {b"\n<s>\n": "<s>", b"\n</s>\n": "</s>"}
+    pieces = []
+    for i, (b, score) in enumerate(zip(raw, scores)):
+        try:
+            text = b.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: token {i} is not UTF-8 ({e}); accepted: SentencePiece "
+                             "pieces") from None
+        if b in control:
+            pieces.append((control[b], score, CONTROL))
+        elif i == 0:
+            pieces.append((text, score, UNKNOWN))
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            pieces.append((text, score, BYTE))
+        else:
+            pieces.append((text.replace(" ", SPACE), score, NORMAL))
+    try:
+        return Tokenizer(bpe_model(pieces, byte_fallback=any(t == BYTE for _, _, t in pieces)))
+    except ValueError as e:
+        raise ValueError(f"{path}: not a usable tokenizer.bin: {e}") from None

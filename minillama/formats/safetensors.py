@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minillama.formats.mapped import FileMap
+
 # safetensors dtype -> NumPy dtype (BF16 is widened to float32 on reading)
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -79,11 +81,15 @@ def _check_entries(path: Path, header: dict, data_size: int) -> None:
                               "bytes")
 
 
-def read_safetensors(path: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+def read_safetensors(path: str | Path, maps: list | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, array) for every tensor of one file, in file order: read-only views
-    of a memory map, except bfloat16, widened to a float32 copy."""
+    of a memory map, except bfloat16, widened to a float32 copy. The map (a FileMap) is
+    appended to maps if given, so that a loader can drop its pages as it copies."""
     header, start = read_header(path)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
+    fm = FileMap(path)
+    if maps is not None:
+        maps.append(fm)
+    data = fm.bytes
     for name, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         begin, end = e["data_offsets"]
         a = data[start + begin:start + end].view(DTYPES[e["dtype"]]).reshape(e["shape"])
