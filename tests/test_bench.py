@@ -165,3 +165,25 @@ def test_plot_writes_a_png(tmp_path):
 def test_contradicting_generate_flags_are_refused(capsys):
     assert engine.main(["--no-generate", "--generate-only"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_bench_formats_measures_every_format_it_is_given(tmp_path, capsys):
+    """The memory bench on the course shape: each format written, loaded in a child, a row
+    printed; what the child reports about the engine is checked against the shape by hand."""
+    from minillama.bench import formats
+    from minillama.config import get_preset
+
+    out = tmp_path / "f.json"
+    assert formats.main(["--shape", "course", "--formats", "gguf:q8_0,llama2c", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["format"] for r in rows] == ["gguf:q8_0", "llama2c"]
+    a = get_preset("course")
+    matrices = a.n_layers * (2 * a.dim * a.dim + 2 * a.dim * a.n_kv_heads * a.head_dim
+                             + 3 * a.dim * a.ffn_hidden_dim)
+    norms = (2 * a.n_layers + 1) * a.dim
+    emb = a.vocab_size * a.dim
+    assert rows[1]["weights"] == 4 * (matrices + norms + emb)  # float32, output tied to tok_embeddings
+    rope_tables = 2 * a.max_seq_len * (a.head_dim // 2)  # v0 keeps llama2.c's old cos and sin tables
+    assert rows[1]["file_bytes"] == 28 + 4 * (matrices + norms + emb + rope_tables)  # 7 int32 header
+    assert all(r["drop"]["peak_above_base"] > 0 for r in rows)
+    assert "peak/file" in capsys.readouterr().out
