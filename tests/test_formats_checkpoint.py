@@ -191,3 +191,27 @@ def test_generate_command_takes_any_format(written, capsys):
                      "--max-new-tokens", "12"]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] == outs[2] and outs[0].startswith(PROMPT)
+
+
+def test_round_trip_of_full_float32_values_untied_and_gqa(tmp_path):
+    """Random float32 weights (most not representable in fp16), an unshared classifier and
+    grouped-query attention: HF -> Meta -> llama2.c -> GGUF -> HF is still bit-identical."""
+    from helpers import randomize
+
+    from minillama.config import ModelArgs
+
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, hidden_dim=160,
+                     max_seq_len=64, tie_embeddings=False)
+    sd = {k: v.numpy().copy() for k, v in randomize(Llama(args), 11).state_dict().items()}
+    assert not np.array_equal(sd["output.weight"], sd["output.weight"].astype(np.float16))
+    path = C.write_checkpoint(tmp_path / "0-hf", "hf", args, sd)
+    for i, fmt in enumerate(["meta", "llama2c", "gguf", "hf"], start=1):
+        path = C.convert(path, tmp_path / f"{i}-{fmt}", to=fmt, progress=False)
+        ck = C.read_checkpoint(path)
+        assert ck.fmt == fmt and ck.args.ffn_hidden_dim == 160 and not ck.args.tie_embeddings
+        assert set(ck.tensors) == set(sd)
+        for name, want in sd.items():
+            got = ck.tensors[name]
+            got = got.numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want, err_msg=f"{fmt} {name}")
