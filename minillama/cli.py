@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=None)
     ch.set_defaults(func=_chat)
 
-    b = sub.add_parser("bench", help="benchmarks that print tables: tokenizer, engine, formats")
-    b.add_argument("what", choices=["tokenizer", "engine", "formats"], help="which benchmark")
+    b = sub.add_parser("bench", help="benchmarks that print tables: tokenizer, engine, formats, llamacpp")
+    b.add_argument("what", choices=["tokenizer", "engine", "formats", "llamacpp"], help="which benchmark")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark")
     b.set_defaults(func=_bench)
     return p
