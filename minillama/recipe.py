@@ -1,9 +1,16 @@
 """`minillama train`: corpus -> tokenizer -> token streams -> a trained model directory.
 
     minillama train --preset course --steps 3000 --out runs/course
+    minillama train --nproc 2 ...      # data parallel: 2 processes on this machine (lesson 14)
 
 writes, in --out: tokenizer.model, checkpoint/ (resumable), model/ (config.json,
 model.safetensors, tokenizer.model), loss.csv, loss.png and summary.json.
+
+With --nproc N the command checks its arguments (the batch must split evenly, the port must
+be free), then starts N copies of itself through torchrun (`minillama.distributed.launch`).
+Each copy prepares the same data (everything is seeded), trains on its rows of every global
+batch, and rank 0 alone prints and writes. Started by torchrun directly (WORLD_SIZE set,
+e.g. on several machines), the command is such a copy.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -49,6 +57,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--stop-after", type=int,
                    help="end this session at this step (checkpointed); --resume continues it")
+    d = p.add_argument_group("data parallel (lesson 14)")
+    d.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine, each with batch-size / nproc rows (default 1)")
+    d.add_argument("--zero", action="store_true",
+                   help="shard the optimizer state over the processes (ZeroRedundancyOptimizer)")
+    d.add_argument("--port", type=int, help="rendezvous port on 127.0.0.1 (default: a free one)")
+    d.add_argument("--dist-timeout", type=float, default=120.0,
+                   help="seconds a process waits for the others, at start and in each exchange")
+    d.add_argument("--max-seconds", type=float,
+                   help="stop every process if the whole run takes longer (default: no limit)")
 
 
 def _stories(args: argparse.Namespace):
@@ -59,7 +77,7 @@ def _stories(args: argparse.Namespace):
     return generate_corpus(int(args.corpus_mb * 1e6), seed=args.seed)
 
 
-def _tokenizer(args: argparse.Namespace, train_texts: list[str], out: Path):
+def _tokenizer(args: argparse.Namespace, train_texts: list[str], out: Path, write: bool = True):
     from minillama.pretrained import load_tokenizer
     from minillama.tokenizer import Tokenizer
 
@@ -69,12 +87,57 @@ def _tokenizer(args: argparse.Namespace, train_texts: list[str], out: Path):
     if args.resume and saved.exists():
         return load_tokenizer(saved)  # the run's own tokenizer: retraining could differ
     sample = train_texts[:TOKENIZER_STORIES]
-    tok = Tokenizer.train(sample, args.vocab_size)
-    tok.to_sentencepiece(saved)
+    tok = Tokenizer.train(sample, args.vocab_size)  # seeded: every rank trains the same one
+    if write:
+        tok.to_sentencepiece(saved)
     return tok
 
 
+FAIL_RANK_ENV = "MINILLAMA_FAIL_RANK"  # tests: this rank raises right after joining the group
+ARGV_ENV = "MINILLAMA_TRAIN_ARGV"  # a worker's `minillama train` arguments, as JSON
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """--nproc N > 1 outside a worker: check everything, then start N workers via torchrun."""
+    from minillama.distributed import check_port, check_world, launch
+    from minillama.train import check_output_dir
+
+    check_world(args.batch_size, args.grad_accum, args.nproc)
+    if args.port is not None:
+        check_port(args.port)
+    check_output_dir(Path(args.out))
+    # the workers get this command's arguments through the environment, not torchrun's argv:
+    # torchrun's own parser would take some of ours (--nproc) for abbreviations of its options
+    env = dict(os.environ, **{ARGV_ENV: json.dumps(args.argv)})
+    try:
+        code = launch(["minillama.recipe"], args.nproc, args.port, args.max_seconds, env=env)
+    except TimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if code != 0:
+        print(f"error: the data-parallel run failed (exit code {code}); the 'error: rank N' line "
+              "above says which process failed and why", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from minillama import distributed as D
+
+    if args.nproc > 1 and not D.in_worker():
+        return _launch(args)
+    world = D.init(args.dist_timeout)
+    if world.distributed:
+        if args.nproc not in (1, world.world):
+            raise ValueError(f"--nproc {args.nproc} but the launcher started {world.world} processes")
+        if os.environ.get(FAIL_RANK_ENV) == str(world.rank):
+            raise RuntimeError(f"failing on purpose ({FAIL_RANK_ENV}={world.rank})")
+    code = _run(args, world)
+    D.finish()  # on success only: a failed rank exits at once, and torchrun stops the others
+    return code
+
+
+def _run(args: argparse.Namespace, world) -> int:
     import torch
 
     from minillama.config import get_preset
@@ -94,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     out = Path(args.out)
-    check_output_dir(out)
+    say = print if world.is_main else (lambda *a, **k: None)  # rank 0 alone prints and writes
+    if world.is_main:
+        check_output_dir(out)
     overrides = {k: v for k, v in (("dim", args.dim), ("n_layers", args.n_layers)) if v}
     margs = dataclasses.replace(get_preset(args.preset), vocab_size=args.vocab_size, **overrides)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
@@ -103,28 +168,40 @@ def run(args: argparse.Namespace) -> int:
                       bf16=args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast()),
                       extra={"command": " ".join(["minillama train", *args.argv])})
     check_config(margs, cfg)
-    torch.set_num_threads(args.threads or default_threads())
+    if world.distributed:
+        from minillama.distributed import check_world, threads_per_process
+
+        check_world(cfg.batch_size, cfg.grad_accum, world.world)
+        torch.set_num_threads(args.threads or threads_per_process(world.world))
+    else:
+        torch.set_num_threads(args.threads or default_threads())
     t_start = time.perf_counter()
     splits = split_stories(_stories(args))
     texts = [getattr(s, "text", s) for s in splits.train]
     if not texts:
         raise ValueError("the corpus is empty: no stories to train on")
-    tok = _tokenizer(args, texts, out)
+    tok = _tokenizer(args, texts, out, write=world.is_main)
     train_ids, val_ids, test_ids = (tokenize_stories(tok, s)
                                     for s in (splits.train, splits.val, splits.test))
     check_data(margs, cfg, tok, train_ids, val_ids)
-    print(f"corpus: {len(splits.train)} / {len(splits.val)} / {len(splits.test)} stories "
-          f"(train/val/test), {len(train_ids):,} training tokens; threads: {torch.get_num_threads()}")
+    say(f"corpus: {len(splits.train)} / {len(splits.val)} / {len(splits.test)} stories "
+        f"(train/val/test), {len(train_ids):,} training tokens; threads: {torch.get_num_threads()}"
+        + (f" in each of {world.world} processes" if world.distributed else ""))
     torch.manual_seed(args.seed)
     model = Llama(margs).use_sdpa(True)  # torch's fused attention: same maths, faster
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {args.preset} {n_params:,} parameters; {cfg.steps} steps of "
-          f"{cfg.batch_size}x{cfg.seq_len} tokens; bf16 autocast {'on' if cfg.bf16 else 'off'}")
+    say(f"model: {args.preset} {n_params:,} parameters; {cfg.steps} steps of "
+        f"{cfg.batch_size}x{cfg.seq_len} tokens"
+        + (f" ({cfg.batch_size // world.world} rows in each of {world.world} processes"
+           + (", optimizer state sharded)" if args.zero else ")") if world.distributed else "")
+        + f"; bf16 autocast {'on' if cfg.bf16 else 'off'}")
     t_train = time.perf_counter()
     history = train(model, train_ids, val_ids, cfg, out=out, resume=args.resume,
-                    stop_after=args.stop_after)
+                    stop_after=args.stop_after, world=world, zero=args.zero)
     if history[-1]["step"] < cfg.steps:
-        print(f"stopped after step {history[-1]['step']} of {cfg.steps}; continue with --resume")
+        say(f"stopped after step {history[-1]['step']} of {cfg.steps}; continue with --resume")
+        return 0
+    if not world.is_main:
         return 0
     train_s = time.perf_counter() - t_train
     # the test split is scored in float32, as the model is used for inference
@@ -141,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds_this_session": round(train_s), "total_seconds": round(time.perf_counter() - t_start),
         "final_val_loss": val[-1] if val else None, "test_loss": test_loss,
         "test_perplexity": math.exp(test_loss), "threads": torch.get_num_threads(),
+        "processes": world.world, "zero": bool(args.zero),
         "train_config": dataclasses.asdict(cfg),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -160,9 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # recorded in the run's summary: the command that made it
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        from minillama import distributed as D
+
+        if D.in_worker():  # one of several processes: say which one failed
+            world = D.World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+            print(D.fail_message(world, e), file=sys.stderr, flush=True)
+            return 1
+        if isinstance(e, (ValueError, FileNotFoundError, PermissionError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,6 +358,8 @@ generated children's stories, with the course's own BPE tokenizer.
 
 
 if __name__ == "__main__":
+    if ARGV_ENV in os.environ and len(sys.argv) == 1:  # a worker of `minillama train --nproc N`
+        sys.exit(main(json.loads(os.environ[ARGV_ENV])))
     if sys.argv[1:2] == ["ship"] and len(sys.argv) in (4, 5):
         ship(*sys.argv[2:])
     else:

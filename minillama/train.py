@@ -1,8 +1,10 @@
 """Training a small Llama on a token stream: batches, AdamW, warmup + cosine, clipping,
-gradient accumulation, evaluation, checkpoints and an exact resume.
+gradient accumulation, evaluation, checkpoints and an exact resume, in one process or in
+several (data parallel, `minillama.distributed`).
 
 A run's batches are a pure function of (seed, step), and a checkpoint holds the model,
-the optimizer state and the step, so a resumed run continues the same loss curve.
+the optimizer state and the step, so a resumed run continues the same loss curve. With N
+processes, rank r trains on rows r, r + N, ... of the same global batch.
 """
 
 from __future__ import annotations
@@ -104,14 +106,20 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D weight matrices only (not norms, not embeddings)."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, zero: bool = False) -> torch.optim.Optimizer:
+    """AdamW with weight decay on 2-D weight matrices only (not norms, not embeddings). zero:
+    torch's ZeroRedundancyOptimizer, each rank of a process group keeping the AdamW state
+    of its share of the parameters only (ZeRO stage 1)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         is_matrix = p.dim() >= 2 and "tok_embeddings" not in name
         (decay if is_matrix else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if zero:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
@@ -131,15 +139,23 @@ def evaluate(model: Llama, tokens: np.ndarray, cfg: TrainConfig) -> float:
 
 def train_step(model: Llama, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                cfg: TrainConfig, lr: float) -> tuple[float, float]:
-    """One optimizer step over grad_accum micro-batches; returns (loss, grad norm)."""
+    """One optimizer step over grad_accum micro-batches; returns (loss, grad norm). model
+    may be wrapped in DistributedDataParallel: its gradients are then averaged over the ranks
+    once, in the last micro-batch's backward (the others run under no_sync)."""
+    import contextlib
+
     for group in opt.param_groups:
         group["lr"] = lr
     total = 0.0
-    for xm, ym in zip(x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(xm)
-        loss = next_token_loss(logits.float(), ym) / cfg.grad_accum
-        loss.backward()
+    micro = list(zip(x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)))
+    for i, (xm, ym) in enumerate(micro):
+        last = i == len(micro) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(xm)
+            loss = next_token_loss(logits.float(), ym) / cfg.grad_accum
+            loss.backward()
         total += loss.item()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
@@ -153,11 +169,13 @@ def train_step(model: Llama, opt: torch.optim.Optimizer, x: torch.Tensor, y: tor
 
 
 def save_checkpoint(path: Path, model: Llama, opt: torch.optim.Optimizer, step: int,
-                    cfg: TrainConfig, history: list[dict]) -> None:
-    """model in HF format + trainer_state.pt (optimizer tensors, loadable weights_only)."""
+                    cfg: TrainConfig, history: list[dict], optimizer_state: dict | None = None) -> None:
+    """model in HF format + trainer_state.pt (optimizer tensors, loadable weights_only);
+    optimizer_state replaces opt.state_dict() (a ZeRO optimizer's, consolidated on rank 0)."""
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
-    torch.save({"optimizer": opt.state_dict(), "step": step}, tmp / "trainer_state.pt")
+    state = opt.state_dict() if optimizer_state is None else optimizer_state
+    torch.save({"optimizer": state, "step": step}, tmp / "trainer_state.pt")
     (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     (tmp / "history.json").write_text(json.dumps(history))
     if path.exists():
@@ -239,16 +257,30 @@ def write_curves(out: Path, history: list[dict]) -> None:
 
 def train(model: Llama, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: TrainConfig,
           out: Path | None = None, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> list[dict]:
+          stop_after: int | None = None, world=None, zero: bool = False) -> list[dict]:
     """Train model in place for cfg.steps; checkpoints to out/checkpoint. Returns the history.
 
     stop_after ends this session at that step (with a checkpoint) without changing the
     schedule, so a long run can be split across sessions with resume=True.
+
+    world (a `distributed.World` of an initialised process group): this process is one rank
+    of a data-parallel run. It trains on its rows of each global batch through
+    DistributedDataParallel (zero: with a ZeroRedundancyOptimizer); the losses logged are the
+    means over all ranks; only rank 0 shows progress, evaluates and writes checkpoints.
     """
     from tqdm.auto import tqdm
 
+    from minillama.distributed import World, mean_over_ranks, rank_rows
+
+    world = world or World()
+    if world.distributed:
+        from minillama.distributed import check_world
+
+        check_world(cfg.batch_size, cfg.grad_accum, world.world)
+    if zero and not world.distributed:
+        raise ValueError("zero=True shards the optimizer over a process group: it needs world > 1")
     torch.manual_seed(cfg.seed)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, zero=zero)
     start, history = 0, []
     ckpt = out / "checkpoint" if out is not None else None
     if resume:
@@ -256,26 +288,38 @@ def train(model: Llama, train_tokens: np.ndarray, val_tokens: np.ndarray, cfg: T
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist")
         start, history = load_checkpoint(ckpt, model, opt)
     model.train()
+    net = model
+    if world.distributed:  # after loading: DDP broadcasts rank 0's weights to every rank
+        net = torch.nn.parallel.DistributedDataParallel(model)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     # pass `disable` only to switch the bar off: otherwise tqdm honours TQDM_DISABLE
+    show = progress and world.is_main
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="training",
-               **({} if progress else {"disable": True}))
+               **({} if show else {"disable": True}))
     tokens_per_step = cfg.batch_size * cfg.seq_len
     for step in bar:
         t0 = time.perf_counter()
         x, y = get_batch(train_tokens, cfg.batch_size, cfg.seq_len, cfg.seed, step)
+        if world.distributed:
+            x, y = rank_rows(x, world.rank, world.world), rank_rows(y, world.rank, world.world)
         lr = lr_at(step, cfg)
-        loss, norm = train_step(model, opt, x, y, cfg, lr)
+        loss, norm = train_step(net, opt, x, y, cfg, lr)
+        loss = mean_over_ranks(loss, world)  # this rank's loss is the mean of its rows only
         tps = tokens_per_step / (time.perf_counter() - t0)
         row = {"step": step + 1, "train_loss": loss, "lr": lr, "grad_norm": norm,
                "tokens_per_s": round(tps)}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        if world.is_main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             row["val_loss"] = evaluate(model, val_tokens, cfg)
         history.append(row)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}")
         if ckpt is not None and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end):
-            save_checkpoint(ckpt, model, opt, step + 1, cfg, history)
-            write_curves(out, history)
+            state = None
+            if zero:  # every rank sends its shard of the optimizer state to rank 0
+                opt.consolidate_state_dict(to=0)
+                state = opt.state_dict() if world.is_main else None
+            if world.is_main:
+                save_checkpoint(ckpt, model, opt, step + 1, cfg, history, state)
+                write_curves(out, history)
     return history
 
 
