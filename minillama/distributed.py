@@ -332,3 +332,41 @@ def optimizer_memory(rank: int, world: int) -> dict:
         opt.zero_grad()
         out[kind] = optimizer_state_bytes(opt)
     return out
+
+
+def time_steps(rank: int, world: int, steps: int = 5, batch: int = 16, seq_len: int = 64,
+               dim: int = 128) -> dict:
+    """Seconds per training step of a small Llama on this rank's batch / world rows, split
+    into computing (forward and backward) and communicating (averaging the gradients with
+    all_reduce, as DDP does); medians over steps, after one warm-up step."""
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+
+    from minillama.config import ModelArgs
+    from minillama.model import Llama
+    from minillama.train import next_token_loss
+
+    torch.manual_seed(0)
+    args = ModelArgs(dim=dim, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=4096, max_seq_len=seq_len)
+    model = Llama(args)
+    g = torch.Generator().manual_seed(1)
+    xy = torch.randint(0, 4096, (batch, seq_len + 1), generator=g)
+    x, y = rank_rows(xy[:, :-1], rank, world), rank_rows(xy[:, 1:], rank, world)
+    compute, comm = [], []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        model.zero_grad()
+        next_token_loss(model(x), y).backward()
+        t1 = time.perf_counter()
+        if world > 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            dist.all_reduce(flat)
+            flat /= world
+        t2 = time.perf_counter()
+        compute.append(t1 - t0)
+        comm.append(t2 - t1)
+    n_bytes = 4 * sum(p.numel() for p in model.parameters())
+    return {"compute_s": statistics.median(compute[1:]), "comm_s": statistics.median(comm[1:]),
+            "rows": len(x), "gradient_bytes": n_bytes}

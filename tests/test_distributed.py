@@ -173,3 +173,19 @@ def test_zero_shrinks_the_optimizer_state_per_rank():
     assert plain == 2 * 4 * sizes[0]["parameters"]  # Adam: two float32 moments per parameter
     assert sum(zero) == plain  # the shards cover every parameter once
     assert max(zero) < 0.6 * plain  # and each rank holds about half
+
+
+def test_time_steps_reports_each_ranks_share():
+    """Timings themselves are not checked (benchmark material); what they describe is."""
+    out = D.spawn(D.time_steps, 2, args=(2, 8, 16, 32), timeout=120)
+    dim, hidden, kv = 32, swiglu_width(32), 16  # 4 heads of 8; 2 kv heads of 8
+    # tied embeddings (counted once), 4 layers of attention, SwiGLU and 2 norms, the final norm
+    params = 4096 * dim + 4 * (dim * dim * 2 + dim * kv * 2 + 3 * dim * hidden + 2 * dim) + dim
+    for r in out:
+        assert r["rows"] == 4 and r["gradient_bytes"] == 4 * params
+        assert r["compute_s"] > 0 and r["comm_s"] > 0
+
+
+def swiglu_width(dim: int) -> int:
+    """Meta's SwiGLU width by hand: 2/3 of 4 dim, rounded up to a multiple of 32 (ModelArgs' default)."""
+    return -(-int(2 * 4 * dim / 3) // 32) * 32
